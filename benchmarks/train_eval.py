@@ -1,0 +1,130 @@
+"""Fine-tune on each shared dataset's train split and evaluate on its unseen val split.
+
+Protocol: ``inspector.training.fit`` holds out a stratified 20% of ``train`` for early stopping
+and calibration; the figures are measured on ``val``, which training never sees.
+
+    .venv/bin/python benchmarks/train_eval.py --dataset neu-cls --arch vgg11_bn --width 0.25
+
+Prints one JSON line per dataset and writes it to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from inspector.inference import Classifier
+from inspector.preprocessing import parse_scales
+from inspector.reports import evaluate_folder
+from inspector.store import ModelStore
+from inspector.training import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT.parent / "shared" / "datasets"
+GOOD = {"neu-cls": None, "magnetic-tile": ("free",)}
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
+    train_dir, val_dir = DATASETS / dataset / "train", DATASETS / dataset / "val"
+    if not train_dir.is_dir():
+        raise SystemExit(f"{train_dir} not found: the shared datasets belong beside the checkout")
+    config = TrainConfig(
+        arch=args.arch,
+        width=args.width,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        init=args.init,
+        scales=parse_scales(args.scales),
+        patience=args.patience,
+        good_classes=GOOD[dataset],
+        device=args.device,
+        progress=not args.quiet,
+        target_recall=args.target_recall,
+        seed=args.seed,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(args.store or Path(tmp) / "models")
+        started = time.perf_counter()
+        mv = fit(
+            train_dir,
+            name=dataset,
+            store=store,
+            config=config,
+            weights_dir=Path(args.weights_dir),
+            promote=True,
+        )
+        train_seconds = time.perf_counter() - started
+        classifier = Classifier.from_store(store, mv.ref, device=args.device)
+        report, _ = evaluate_folder(classifier, val_dir, max_pixels=10**8)
+    result = {
+        "dataset": dataset,
+        "split": "val (unseen)",
+        "device": device_name(),
+        "arch": args.arch,
+        "width": args.width,
+        "parameters": mv.metadata.training["parameters"],
+        "scales": list(config.scales),
+        "epochs_run": mv.metadata.training["epochs_run"],
+        "train_seconds": round(train_seconds, 1),
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "defect_recall": report["defect_recall"],
+        "false_reject_rate": report["false_reject_rate"],
+        "flagged_good_rate": report["flagged_good_rate"],
+        "ece": report["ece"],
+        "per_scale_accuracy": report["per_scale_accuracy"],
+        "calibration": report["calibration"],
+        "confusion": report["confusion"],
+    }
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dataset", choices=["neu-cls", "magnetic-tile", "all"], default="all")
+    p.add_argument("--arch", default="vgg11_bn")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--init", default="auto")
+    p.add_argument("--scales", default="224,256,288")
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--target-recall", type=float, default=0.99)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--weights-dir", default=str(ROOT / "data" / "weights"))
+    p.add_argument("--store", type=Path, help="keep the trained models here")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = ["neu-cls", "magnetic-tile"] if args.dataset == "all" else [args.dataset]
+    for name in names:
+        result = run(name, args)
+        line = json.dumps(result)
+        print(line, flush=True)
+        kind = "gpu" if torch.cuda.is_available() else "cpu"
+        tag = f"train_eval-{name}-{args.arch}-w{args.width:g}-{kind}"
+        (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

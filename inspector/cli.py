@@ -1,0 +1,359 @@
+"""The ``inspector`` command line: train, evaluate, classify, manage models, make demo data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inspector.errors import InspectorError
+from inspector.settings import Settings
+
+log = logging.getLogger("inspector.cli")
+
+DEMO_MODEL = "demo"
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from inspector.store import ModelStore
+
+    return ModelStore(settings.model_store_dir)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.preprocessing import parse_scales
+    from inspector.training import TrainConfig, fit
+
+    config = TrainConfig(
+        arch=args.arch,
+        width=args.width,
+        epochs=args.epochs,
+        batch_size=args.batch_size or settings.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        init=args.init,
+        freeze_blocks=args.freeze_blocks,
+        balance=not args.no_balance,
+        patience=args.patience,
+        seed=args.seed,
+        scales=parse_scales(args.scales),
+        val_fraction=args.val_fraction,
+        device=args.device or settings.device,
+        amp=not args.no_amp,
+        workers=args.workers,
+        target_recall=args.target_recall,
+        good_classes=tuple(args.good_classes.split(",")) if args.good_classes else None,
+        max_image_pixels=settings.max_image_pixels,
+        progress=not args.quiet,
+    )
+    checkpoint = settings.data_dir / "runs" / args.name / "checkpoint.pt"
+    mv = fit(
+        args.data_dir,
+        name=args.name,
+        store=_store(settings),
+        config=config,
+        val_dir=args.val,
+        weights_dir=settings.weights_dir,
+        checkpoint_path=checkpoint,
+        resume=args.resume,
+        promote=True if args.promote else None,
+    )
+    metrics = mv.metadata.metrics
+    print(f"registered {mv.ref} in {mv.path}")
+    print(
+        f"validation: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+        f"defect recall {metrics['defect_recall']}, false rejects {metrics['false_reject_rate']}, "
+        f"ECE {metrics['ece']:.4f}; trained in {mv.metadata.training['seconds']:.0f}s"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.inference import Classifier
+    from inspector.reports import evaluate_folder, write_evaluation
+
+    classifier = Classifier.from_store(
+        _store(settings),
+        args.model,
+        device=args.device or settings.device,
+        batch_size=settings.batch_size,
+    )
+    report, figures = evaluate_folder(
+        classifier,
+        args.data_dir,
+        max_pixels=settings.max_image_pixels,
+        workers=settings.decode_workers,
+    )
+    meta = classifier.meta
+    out = args.output or settings.data_dir / "reports" / f"{meta.name}-v{meta.version}"
+    paths = write_evaluation(Path(out), report, figures)
+    print(f"{meta.ref} on {report['num_images']} images of {args.data_dir}:")
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "defect_recall",
+        "false_reject_rate",
+        "flagged_good_rate",
+        "ece",
+    ):
+        value = report[key]
+        print(f"  {key:18s} {'n/a' if value is None else f'{value:.4f}'}")
+    for cls, row in report["per_class"].items():
+        print(
+            f"  {cls:18s} P {row['precision']:.3f} R {row['recall']:.3f} "
+            f"F1 {row['f1']:.3f} (n={row['support']})"
+        )
+    print(f"report: {paths['report']}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.classify import ResultWriter, classify_paths
+    from inspector.inference import Classifier
+
+    classifier = Classifier.from_store(
+        _store(settings),
+        args.model,
+        device=args.device or settings.device,
+        batch_size=args.batch_size or settings.batch_size,
+    )
+    meta = classifier.meta
+    with ResultWriter(args.output, meta.classes, meta.preprocessing.scales) as writer:
+        summary = classify_paths(
+            classifier,
+            args.paths,
+            writer,
+            max_pixels=settings.max_image_pixels,
+            workers=settings.decode_workers,
+            tiles=not args.no_tiles,
+        )
+    print(
+        f"{summary.total} image(s) with {meta.ref}: {summary.classified} classified, "
+        f"{summary.errors} error(s), {summary.defects} defect(s), {summary.flagged} flagged "
+        f"in {summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.output}"
+    )
+    return 0 if summary.total else 1
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.store import ModelRef
+
+    store = _store(settings)
+    if args.action == "list":
+        names = store.names()
+        if not names:
+            print(f"no models in {store.root}")
+        for name in names:
+            prod = store.production(name)
+            for version in store.versions(name):
+                meta = store.get(ModelRef(name, version)).metadata
+                acc = meta.metrics.get("accuracy")
+                mark = "*" if version == prod else " "
+                print(
+                    f"{mark} {name}:{version}  {meta.spec.arch} w{meta.spec.width:g}  "
+                    f"{len(meta.classes)} classes  acc {acc if acc is not None else '-'}  "
+                    f"{meta.created_at}"
+                )
+        return 0
+    if args.action == "show":
+        mv = store.get(args.ref)
+        data = mv.metadata.to_dict()
+        data["path"] = str(mv.path)
+        data["production"] = store.production(mv.metadata.name) == mv.metadata.version
+        print(json.dumps(data, indent=2))
+        return 0
+    if args.action == "promote":
+        mv = store.promote(args.ref)
+        print(f"{mv.ref} is now in production")
+        return 0
+    if args.action == "rollback":
+        mv = store.rollback(args.ref)
+        print(f"rolled back: {mv.ref} is in production again")
+        return 0
+    if args.action == "export":
+        from inspector.export import export_model
+
+        path, mv = export_model(store, args.ref, args.format, args.output)
+        print(f"exported {mv.ref} as {args.format} to {path}")
+        return 0
+    raise AssertionError(args.action)
+
+
+def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.demo_data import generate_demo_dataset
+
+    ds = generate_demo_dataset(
+        args.out_dir,
+        per_class=args.per_class,
+        size=args.size,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+    )
+    total = sum(ds.counts.values())
+    print(
+        f"wrote {total} images of {len(ds.classes)} classes ({', '.join(ds.classes)}) to {ds.root}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """First run on a new machine: demo data, a compact demo model, and a classified batch."""
+    from inspector.classify import ResultWriter, classify_paths
+    from inspector.demo_data import generate_demo_dataset
+    from inspector.inference import Classifier
+    from inspector.training import TrainConfig, fit
+
+    store = _store(settings)
+    demo_dir = settings.data_dir / "demo"
+    if not (demo_dir / "train").is_dir():
+        generate_demo_dataset(demo_dir, per_class=120, size=128, seed=0, val_fraction=0.25)
+        print(f"generated demo data in {demo_dir}")
+    if not store.versions(DEMO_MODEL):
+        print("training the compact demo model (a few minutes on a CPU)...")
+        config = TrainConfig(
+            arch="vgg11",
+            width=0.25,
+            epochs=12,
+            batch_size=32,
+            lr=3e-3,
+            init="scratch",
+            scales=(128, 160, 192),
+            patience=12,
+            device=settings.device,
+            max_image_pixels=settings.max_image_pixels,
+        )
+        fit(
+            demo_dir / "train",
+            name=DEMO_MODEL,
+            store=store,
+            config=config,
+            val_dir=demo_dir / "val",
+            weights_dir=settings.weights_dir,
+        )
+    classifier = Classifier.from_store(store, DEMO_MODEL, device=settings.device)
+    output = settings.data_dir / "demo-results.csv"
+    meta = classifier.meta
+    with ResultWriter(output, meta.classes, meta.preprocessing.scales) as writer:
+        summary = classify_paths(
+            classifier, [demo_dir / "val"], writer, max_pixels=settings.max_image_pixels
+        )
+    print(
+        f"{meta.ref}: classified {summary.total} demo images, {summary.defects} defects, "
+        f"{summary.flagged} flagged, {summary.errors} errors -> {output}"
+    )
+    print(f"metrics: {json.dumps({k: meta.metrics.get(k) for k in ('accuracy', 'macro_f1')})}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inspector", description="Industrial defect inspection with a multi-scale VGG."
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a classifier and register it as a new version")
+    p.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
+    p.add_argument("--val", type=Path, help="validation folder (default: a stratified hold-out)")
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument("--arch", default="vgg16_bn", help="vgg11|13|16|19, each also _bn")
+    p.add_argument("--width", type=float, default=1.0, help="conv width multiplier (compact < 1)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--schedule", choices=["cosine", "onecycle"], default="cosine")
+    p.add_argument(
+        "--init",
+        default="auto",
+        help="imagenet, scratch, NAME[:VERSION] from the store, or auto "
+        "(imagenet at full width, scratch for compact models)",
+    )
+    p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
+    p.add_argument("--scales", default="224,256,288", help="short-side sizes, comma-separated")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    p.add_argument("--good-classes", help="comma-separated classes that are not defects")
+    p.add_argument("--target-recall", type=float, default=0.99, help="defect recall to reach")
+    p.add_argument("--no-balance", action="store_true", help="no class-weighted loss")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--promote", action="store_true", help="put the new version in production")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="measure a model on labelled images it has not seen")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--model", required=True, help="NAME[:VERSION] (default version: production)")
+    p.add_argument("--output", type=Path, help="report folder (default: DATA/reports/NAME-vN)")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("classify", help="classify image files and folders offline")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--model", required=True)
+    p.add_argument("--output", type=Path, required=True, help="results .csv or .jsonl")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--no-tiles", action="store_true", help="never classify large images by tiles")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("models", help="list, show, promote, roll back and export models")
+    msub = p.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="every version; * marks production")
+    q = msub.add_parser("show", help="metadata and metrics of NAME[:VERSION]")
+    q.add_argument("ref")
+    q = msub.add_parser("promote", help="put NAME:VERSION in production")
+    q.add_argument("ref")
+    q = msub.add_parser("rollback", help="return NAME to its previous production version")
+    q.add_argument("ref", metavar="name")
+    q = msub.add_parser("export", help="write NAME[:VERSION] as ONNX or TorchScript")
+    q.add_argument("ref")
+    q.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    q.add_argument("--output", type=Path)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo-data", help="generate a synthetic folder-per-class dataset")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--per-class", type=int, default=60)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("demo", help="demo data, a demo model and a classified batch")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+        return int(args.func(args, settings))
+    except InspectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Labelled image folders (one sub-folder per class): scanning, checks, splits and loaders.
+
+A folder is checked completely before any training starts: a run that would fail on image
+900 of 1,000 fails up front instead, with the list of what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from inspector.errors import DatasetError, ImageDecodeError
+from inspector.imaging import is_image_file, read_image
+from inspector.preprocessing import Image, Preprocessing, resize, target_size, to_tensor
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_PROBLEMS = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class LabelledFolder:
+    """The images of a folder-per-class dataset and their class indices."""
+
+    root: Path
+    classes: tuple[str, ...]
+    samples: tuple[Sample, ...]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.classes, 0)
+        for s in self.samples:
+            counts[self.classes[s.label]] += 1
+        return counts
+
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def subset(self, indices: Sequence[int]) -> LabelledFolder:
+        return LabelledFolder(self.root, self.classes, tuple(self.samples[i] for i in indices))
+
+    def describe(self) -> str:
+        return ", ".join(f"{c}: {n}" for c, n in self.counts().items())
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f))
+    return files
+
+
+def scan_folder(
+    root: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+    min_classes: int = 2,
+) -> LabelledFolder:
+    """Index ``root/<class>/**/<image>``. With ``classes``, folders must be among them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder (expected one sub-folder of images per class)")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = {name: _image_files(root / name) for name in found}
+    empty = [name for name, files in per_class.items() if not files]
+    with_images = [name for name in found if per_class[name]]
+    if not with_images:
+        loose = sum(1 for f in root.iterdir() if f.is_file() and is_image_file(f.name))
+        raise DatasetError(
+            f"{root}: no classes found: expected one sub-folder of images per class, found "
+            f"{len(found)} sub-folder(s) with images in none of them and {loose} image(s) "
+            "directly in the folder"
+        )
+    if empty and classes is None:
+        raise DatasetError(f"{root}: class folder(s) without any image: {', '.join(empty)}")
+    if classes is None:
+        classes = with_images
+        if len(classes) < min_classes:
+            raise DatasetError(
+                f"{root}: found {len(classes)} class ({', '.join(classes)}); a classifier needs "
+                f"at least {min_classes} classes, one sub-folder each"
+            )
+    else:
+        unknown = [name for name in with_images if name not in classes]
+        if unknown:
+            raise DatasetError(
+                f"{root}: class folder(s) {', '.join(unknown)} are not classes of this model "
+                f"(its classes: {', '.join(classes)})"
+            )
+    index = {name: i for i, name in enumerate(classes)}
+    samples = tuple(Sample(path, index[name]) for name in with_images for path in per_class[name])
+    return LabelledFolder(root, tuple(classes), samples)
+
+
+def stratified_split(
+    folder: LabelledFolder, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[LabelledFolder, LabelledFolder]:
+    """A seeded per-class hold-out: every class keeps at least one image on each side."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"validation share must be between 0 and 1, got {val_fraction}")
+    rng = random.Random(seed)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for label, name in enumerate(folder.classes):
+        idx = [i for i, s in enumerate(folder.samples) if s.label == label]
+        if len(idx) < 2:
+            raise DatasetError(
+                f"{folder.root}: class {name!r} has {len(idx)} image(s); holding out a "
+                "validation share needs at least 2 per class (or pass --val)"
+            )
+        rng.shuffle(idx)
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    return folder.subset(sorted(train_idx)), folder.subset(sorted(val_idx))
+
+
+def fingerprint(folder: LabelledFolder) -> str:
+    """sha256 over every (class, relative path, content hash): what a model was trained on."""
+    outer = hashlib.sha256()
+    for s in sorted(folder.samples, key=lambda s: (s.label, str(s.path))):
+        rel = s.path.relative_to(folder.root).as_posix()
+        outer.update(f"{folder.classes[s.label]}\0{rel}\0".encode())
+        outer.update(hashlib.sha256(s.path.read_bytes()).digest())
+    return outer.hexdigest()
+
+
+def _shrink(image: Image, max_short: int) -> Image:
+    h, w = image.shape[:2]
+    short = min(h, w)
+    if short <= max_short:
+        return image
+    f = max_short / short
+    return resize(image, (max(1, round(h * f)), max(1, round(w * f))))
+
+
+def load_images(
+    folder: LabelledFolder,
+    *,
+    max_pixels: int,
+    max_short_side: int,
+    workers: int = 2,
+) -> list[np.ndarray]:
+    """Decode every image once (cached, as float16, no larger than training needs).
+
+    Raises DatasetError listing the files that could not be read: the whole set is refused
+    up front rather than failing part-way through an epoch.
+    """
+
+    def load(sample: Sample) -> np.ndarray | str:
+        try:
+            img = read_image(sample.path, max_pixels=max_pixels)
+        except ImageDecodeError as exc:
+            return str(exc)
+        return _shrink(img, max_short_side).astype(np.float16)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        loaded = list(pool.map(load, folder.samples))
+    problems = [r for r in loaded if isinstance(r, str)]
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = len(problems) - MAX_LISTED_PROBLEMS
+        tail = f"\n  … and {more} more" if more > 0 else ""
+        raise DatasetError(
+            f"{folder.root}: {len(problems)} of {len(loaded)} image(s) cannot be read:\n"
+            f"  {listed}{tail}\nremove or replace them, then run again"
+        )
+    return [r for r in loaded if not isinstance(r, str)]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Augmentations that keep a surface's defect class: the dihedral group and lighting."""
+
+    flips: bool = True
+    rotations: bool = True
+    brightness: float = 0.15
+    contrast: float = 0.15
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = image.astype(np.float32)
+        if self.flips and rng.random() < 0.5:
+            img = img[:, ::-1]
+        if self.flips and rng.random() < 0.5:
+            img = img[::-1, :]
+        if self.rotations:
+            # A quarter turn would change a non-square image's batch shape; half turns don't.
+            square = img.shape[0] == img.shape[1]
+            k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+            img = np.rot90(img, k)
+        if self.contrast > 0 or self.brightness > 0:
+            c = 1.0 + rng.uniform(-self.contrast, self.contrast)
+            b = rng.uniform(-self.brightness, self.brightness)
+            mean = float(img.mean())
+            img = (img - mean) * c + mean + b
+        return np.ascontiguousarray(np.clip(img, 0.0, 1.0), dtype=np.float32)
+
+
+class ImageSet(Dataset[tuple[np.ndarray, int]]):
+    """Cached decoded images with labels, augmented on access when training."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[int],
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+    ) -> None:
+        if len(images) != len(labels):
+            raise ValueError("images and labels differ in length")
+        self.images = list(images)
+        self.labels = list(labels)
+        self.augmentation = augmentation
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        img = self.images[index]
+        if self.augmentation is None:
+            return img.astype(np.float32), self.labels[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return self.augmentation.apply(img, rng), self.labels[index]
+
+    def shape_keys(self, pre: Preprocessing) -> list[tuple[int, int]]:
+        scale = min(pre.scales)
+        return [target_size(im.shape[0], im.shape[1], scale, pre) for im in self.images]
+
+
+class ShapeBatchSampler(Sampler[list[int]]):
+    """Seeded shuffled batches of images that share a target shape (aspect-ratio buckets)."""
+
+    def __init__(
+        self, keys: Sequence[tuple[int, int]], batch_size: int, *, shuffle: bool, seed: int = 0
+    ) -> None:
+        self.keys = list(keys)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.keys)))
+        if self.shuffle:
+            rng.shuffle(order)
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i in order:
+            buckets.setdefault(self.keys[i], []).append(i)
+        batches = [
+            idx[j : j + self.batch_size]
+            for idx in buckets.values()
+            for j in range(0, len(idx), self.batch_size)
+        ]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class ScaleCollate:
+    """Resizes a batch to one scale: random within the model's range when training (jitter)."""
+
+    def __init__(self, pre: Preprocessing, *, scale: int | None, seed: int = 0) -> None:
+        self.pre = pre
+        self.scale = scale
+        self.rng = random.Random(seed)
+        low, high = pre.jitter_range
+        m = pre.size_multiple
+        self.choices = list(range(low, high + 1, m)) or [low]
+
+    def __call__(self, batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scale if self.scale is not None else self.rng.choice(self.choices)
+        first = batch[0][0]
+        size = target_size(first.shape[0], first.shape[1], scale, self.pre)
+        images = [resize(img, size) for img, _ in batch]
+        labels = torch.tensor([label for _, label in batch], dtype=torch.long)
+        return to_tensor(images, self.pre), labels

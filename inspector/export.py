@@ -1,0 +1,70 @@
+"""Export a stored version to ONNX or TorchScript for runtimes without this package.
+
+The exported graph maps a normalised (N, 3, H, W) batch to logits at any size. The model's
+metadata (classes, preprocessing, calibration) travels beside it as JSON, or inside the
+TorchScript archive, so a consumer can reproduce the fused, calibrated verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from inspector.errors import ConfigurationError
+from inspector.store import ModelStore, ModelVersion, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+
+
+def export_model(
+    store: ModelStore, ref: str, fmt: str, output: Path | None = None
+) -> tuple[Path, ModelVersion]:
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model, mv = store.load(ref, "cpu")
+    meta = mv.metadata
+    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+    output = output or Path(f"{meta.name}-v{meta.version}{suffix}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    size = meta.preprocessing.scales[0]
+    example = torch.zeros(1, 3, size, size)
+    metadata = json.dumps(meta.to_dict())
+    if fmt == "onnx":
+        # The TorchScript-based exporter needs no extra packages (the dynamo one wants
+        # onnxscript) and handles this plain CNN exactly; its deprecation notice is expected.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(output),
+                dynamo=False,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={
+                    "images": {0: "batch", 2: "height", 3: "width"},
+                    "logits": {0: "batch"},
+                },
+                opset_version=17,
+            )
+        import onnx  # imported here: only exports need it
+
+        proto = onnx.load(str(output))
+        onnx.checker.check_model(proto)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "inspector", metadata
+        onnx.save(proto, str(output))
+        write_json_atomic(output.with_suffix(".json"), meta.to_dict())
+    else:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(output), _extra_files={"inspector.json": metadata})
+    log.info("exported %s to %s", mv.ref, output)
+    return output, mv

@@ -1,0 +1,178 @@
+"""The defect classifier: torchvision's VGG feature stack with a global-average-pooling head.
+
+The architecture is data (torchvision's ``cfgs``), so a stored model is rebuilt from its name,
+class count and width alone. Pooling before the linear head makes the network accept any
+input size and gives class activation maps for free: the head's weights applied to the last
+feature maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models import vgg as tv_vgg
+
+from inspector.errors import ConfigurationError
+
+# name -> (torchvision cfg key, batch norm)
+ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "vgg11": ("A", False),
+    "vgg11_bn": ("A", True),
+    "vgg13": ("B", False),
+    "vgg13_bn": ("B", True),
+    "vgg16": ("D", False),
+    "vgg16_bn": ("D", True),
+    "vgg19": ("E", False),
+    "vgg19_bn": ("E", True),
+}
+
+MIN_CHANNELS = 8
+
+# Average pooling makes the logits exactly the mean of the class activation maps; max pooling
+# lets a small defect decide alone, which a few-pixel pit or a thin scratch on a large surface
+# needs (the maps then still show where it is).
+POOLS: dict[str, type[nn.Module]] = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild a classifier before loading its weights."""
+
+    arch: str
+    num_classes: int
+    width: float = 1.0
+    dropout: float = 0.2
+    pool: str = "avg"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "width": self.width,
+            "dropout": self.dropout,
+            "pool": self.pool,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ModelSpec:
+        return cls(
+            arch=str(data["arch"]),
+            num_classes=int(str(data["num_classes"])),
+            width=float(str(data.get("width", 1.0))),
+            dropout=float(str(data.get("dropout", 0.2))),
+            pool=str(data.get("pool", "avg")),
+        )
+
+
+def layer_config(arch: str, width: float = 1.0) -> tuple[list[str | int], bool]:
+    """torchvision's layer list for ``arch`` with every conv width scaled by ``width``."""
+    if arch not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES)
+        raise ConfigurationError(f"unknown architecture {arch!r}; expected one of: {known}")
+    if not 0.0 < width <= 4.0:
+        raise ConfigurationError(f"width multiplier must be in (0, 4], got {width}")
+    key, batch_norm = ARCHITECTURES[arch]
+    cfg: list[str | int] = [
+        v if isinstance(v, str) else max(MIN_CHANNELS, round(int(v) * width))
+        for v in tv_vgg.cfgs[key]
+    ]
+    return cfg, batch_norm
+
+
+class VGGClassifier(nn.Module):
+    """VGG features -> global average pool -> dropout -> linear head."""
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        num_classes: int,
+        width: float = 1.0,
+        dropout: float = 0.2,
+        pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ConfigurationError(f"a classifier needs at least 2 classes, got {num_classes}")
+        if pool not in POOLS:
+            raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        cfg, batch_norm = layer_config(arch, width)
+        self.spec = ModelSpec(arch, num_classes, width=width, dropout=dropout, pool=pool)
+        self.features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
+        channels = [v for v in cfg if isinstance(v, int)][-1]
+        self.pool = POOLS[pool](1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # As torchvision initialises VGG, so training from scratch behaves the same.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.flatten(self.pool(self.features(x)), 1)
+        return self.head(self.dropout(pooled))
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and class activation maps (N, K, h, w) at the last feature resolution."""
+        fmap = self.features(x)
+        logits = self.head(torch.flatten(self.pool(fmap), 1))
+        cam = torch.einsum("kc,nchw->nkhw", self.head.weight, fmap)
+        return logits, cam
+
+    def conv_blocks(self) -> list[list[nn.Module]]:
+        """The feature layers grouped into VGG's blocks (each ends with a max-pool)."""
+        blocks: list[list[nn.Module]] = [[]]
+        for layer in self.features:
+            blocks[-1].append(layer)
+            if isinstance(layer, nn.MaxPool2d):
+                blocks.append([])
+        return [b for b in blocks if b]
+
+    def freeze_blocks(self, count: int) -> int:
+        """Stop gradients through the first ``count`` conv blocks; returns how many were frozen."""
+        blocks = self.conv_blocks()
+        if not 0 <= count <= len(blocks):
+            raise ConfigurationError(
+                f"cannot freeze {count} blocks: {self.spec.arch} has {len(blocks)} conv blocks"
+            )
+        for block in blocks[:count]:
+            for layer in block:
+                for p in layer.parameters():
+                    p.requires_grad_(False)
+        return count
+
+
+def build_model(
+    *, arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.2, pool: str = "avg"
+) -> VGGClassifier:
+    """A fresh (randomly initialised) classifier."""
+    return VGGClassifier(
+        arch=arch, num_classes=num_classes, width=width, dropout=dropout, pool=pool
+    )
+
+
+def model_from_spec(spec: ModelSpec) -> VGGClassifier:
+    return build_model(
+        arch=spec.arch,
+        num_classes=spec.num_classes,
+        width=spec.width,
+        dropout=spec.dropout,
+        pool=spec.pool,
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

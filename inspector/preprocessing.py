@@ -1,0 +1,155 @@
+"""The transform from a decoded image to network inputs, stored with every model.
+
+Training and serving both call these functions with the model's own ``Preprocessing``, so
+they cannot disagree about sizes or normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from inspector.errors import ConfigurationError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SCALES = (224, 256, 288)
+
+Image = NDArray[np.float32]  # (H, W, 3) RGB in [0, 1], as decode_image returns
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become tensors for one model.
+
+    ``scales`` are short-side lengths: each image runs at every scale and the class
+    probabilities are fused. The long side keeps the aspect ratio (up to ``max_aspect``) and is
+    rounded to ``size_multiple`` so that images of similar shape batch together. Images whose
+    long side reaches ``tile_trigger`` are also cut into ``tile_size`` tiles (original pixels).
+    """
+
+    scales: tuple[int, ...] = DEFAULT_SCALES
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    max_aspect: float = 2.0
+    size_multiple: int = 32
+    tile_size: int = 576
+    tile_overlap: float = 0.25
+    tile_trigger: int = 1152
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s < 32 for s in self.scales):
+            raise ConfigurationError(f"scales must be one or more sizes >= 32, got {self.scales}")
+        if self.max_aspect < 1.0:
+            raise ConfigurationError(f"max_aspect must be >= 1, got {self.max_aspect}")
+        if not 0.0 <= self.tile_overlap < 0.9:
+            raise ConfigurationError(f"tile_overlap must be in [0, 0.9), got {self.tile_overlap}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigurationError(f"std must be positive, got {self.std}")
+
+    @classmethod
+    def for_scales(cls, scales: Sequence[int]) -> Preprocessing:
+        """Defaults sized to the scales: tiles twice the largest, for frames 4x as large."""
+        top = max(scales)
+        return cls(scales=tuple(scales), tile_size=2 * top, tile_trigger=4 * top)
+
+    @property
+    def jitter_range(self) -> tuple[int, int]:
+        return min(self.scales), max(self.scales)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["scales"] = list(self.scales)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Preprocessing:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("scales", "mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])  # type: ignore[arg-type]
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    try:
+        scales = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise ConfigurationError(f"scales must be comma-separated integers, got {text!r}") from None
+    if not scales:
+        raise ConfigurationError("at least one scale is needed")
+    return scales
+
+
+def target_size(height: int, width: int, scale: int, pre: Preprocessing) -> tuple[int, int]:
+    """(H, W) at ``scale``: short side = scale, long side by aspect ratio, rounded and capped."""
+    aspect = min(max(height, width) / max(1, min(height, width)), pre.max_aspect)
+    m = pre.size_multiple
+    long_side = max(scale, round(scale * aspect / m) * m)
+    return (scale, long_side) if height <= width else (long_side, scale)
+
+
+def resize(image: Image, size: tuple[int, int]) -> Image:
+    h, w = size
+    shrinking = h * w < image.shape[0] * image.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    out = cv2.resize(image, (w, h), interpolation=interp)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def to_tensor(images: Sequence[Image], pre: Preprocessing) -> torch.Tensor:
+    """Same-sized images -> normalised (N, 3, H, W) float tensor."""
+    batch = np.stack(images).astype(np.float32, copy=False)
+    mean = np.asarray(pre.mean, np.float32)
+    std = np.asarray(pre.std, np.float32)
+    normalised = (batch - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+
+
+def group_by_size(
+    images: Sequence[Image], scale: int, pre: Preprocessing
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Batches of (indices, tensor) at ``scale``, one per distinct target size."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(target_size(img.shape[0], img.shape[1], scale, pre), []).append(i)
+    for size, idx in groups.items():
+        yield idx, to_tensor([resize(images[i], size) for i in idx], pre)
+
+
+def needs_tiles(image: Image, pre: Preprocessing) -> bool:
+    return pre.tile_size > 0 and max(image.shape[:2]) >= pre.tile_trigger
+
+
+def tile_boxes(
+    height: int, width: int, tile: int, overlap: float
+) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) boxes of at most ``tile`` pixels covering the image with overlap."""
+    step = max(1, int(tile * (1.0 - overlap)))
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        points = [*range(0, length - tile, step), length - tile]
+        return sorted(set(points))
+
+    return [
+        (y, x, min(y + tile, height), min(x + tile, width))
+        for y in starts(height)
+        for x in starts(width)
+    ]
+
+
+def cut_tiles(
+    image: Image, pre: Preprocessing
+) -> tuple[list[Image], list[tuple[int, int, int, int]]]:
+    boxes = tile_boxes(image.shape[0], image.shape[1], pre.tile_size, pre.tile_overlap)
+    return [np.ascontiguousarray(image[y0:y1, x0:x1]) for y0, x0, y1, x1 in boxes], boxes

@@ -1,0 +1,522 @@
+"""Fine-tuning a classifier on a labelled folder and registering it in the model store.
+
+A few flat functions in the manner of torchvision's classification reference:
+``train_one_epoch``, ``validate``, and ``fit`` which runs the epochs, early-stops on the
+validation metric, calibrates on the validation set, and stores the version with its history,
+metrics and figures. A checkpoint after every epoch lets an interrupted run resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from inspector.calibration import calibrate, fused_probabilities
+from inspector.datasets import (
+    Augmentation,
+    ImageSet,
+    LabelledFolder,
+    ScaleCollate,
+    ShapeBatchSampler,
+    fingerprint,
+    load_images,
+    scan_folder,
+    stratified_split,
+)
+from inspector.devices import amp_dtype, autocast, select_device
+from inspector.errors import ConfigurationError
+from inspector.evaluation import evaluate_predictions
+from inspector.figures import plot_history
+from inspector.model import VGGClassifier, build_model, count_parameters
+from inspector.preprocessing import DEFAULT_SCALES, Preprocessing
+from inspector.pretrained import load_imagenet_features
+from inspector.reports import evaluate_arrays, write_evaluation
+from inspector.store import ModelMetadata, ModelRef, ModelStore, ModelVersion
+
+log = logging.getLogger(__name__)
+
+GOOD_CLASS_NAMES = frozenset({"good", "ok", "free", "pass", "normal", "no_defect", "none", "clean"})
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a training run; stored with the version it produces."""
+
+    arch: str = "vgg16_bn"
+    width: float = 1.0
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    init: str = "auto"
+    freeze_blocks: int = 0
+    balance: bool = True
+    patience: int = 8
+    seed: int = 0
+    scales: tuple[int, ...] = DEFAULT_SCALES
+    val_fraction: float = 0.2
+    device: str = "auto"
+    amp: bool = True
+    workers: int | None = None
+    target_recall: float = 0.99
+    max_review_rate: float = 0.01
+    good_classes: tuple[str, ...] | None = None
+    label_smoothing: float = 0.0
+    dropout: float = 0.2
+    pool: str = "avg"
+    max_image_pixels: int = 50_000_000
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in {"adamw", "sgd"}:
+            raise ConfigurationError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.schedule not in {"cosine", "onecycle"}:
+            raise ConfigurationError(f"schedule must be cosine or onecycle, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigurationError("epochs and batch size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scales"] = list(self.scales)
+        data["good_classes"] = list(self.good_classes) if self.good_classes is not None else None
+        return data
+
+
+def defect_classes_of(
+    classes: Sequence[str], good_classes: Sequence[str] | None
+) -> tuple[str, ...]:
+    """Classes that count as defects: all but the named good ones (or the usual good names)."""
+    if good_classes is not None:
+        unknown = set(good_classes) - set(classes)
+        if unknown:
+            raise ConfigurationError(
+                f"good class(es) {sorted(unknown)} are not among the classes {list(classes)}"
+            )
+        good = set(good_classes)
+    else:
+        good = {c for c in classes if c.lower() in GOOD_CLASS_NAMES}
+    return tuple(c for c in classes if c not in good)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency loss weights (mean 1), so rare defect classes count as much."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+    weights = weights / weights[counts > 0].mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25
+        )
+    warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def initialise(
+    model: VGGClassifier, config: TrainConfig, store: ModelStore, weights_dir: Path
+) -> tuple[str, str | None]:
+    """Apply ``config.init``; returns (what was used, parent version or None)."""
+    init = config.init
+    if init == "auto":
+        init = "imagenet" if config.width == 1.0 else "scratch"
+    if init == "scratch":
+        return "scratch", None
+    if init == "imagenet":
+        path = load_imagenet_features(model, weights_dir)
+        return f"imagenet:{path.name}", None
+    parent, mv = store.load(ModelRef.parse(init))
+    if parent.spec.arch != model.spec.arch or parent.spec.width != model.spec.width:
+        raise ConfigurationError(
+            f"cannot continue from {mv.ref}: it is {parent.spec.arch} at width "
+            f"{parent.spec.width}, this run is {model.spec.arch} at width {model.spec.width}"
+        )
+    model.features.load_state_dict(parent.features.state_dict())
+    if parent.spec.num_classes == model.spec.num_classes:
+        model.head.load_state_dict(parent.head.state_dict())
+    return mv.ref, mv.ref
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    *,
+    amp: bool,
+    scaler: torch.amp.GradScaler | None,
+    progress: tqdm[Any] | None = None,
+) -> dict[str, float]:
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        n = labels.shape[0]
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += n
+        if progress is not None:
+            progress.update(n)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+    return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+
+
+def validation_logits(
+    model: VGGClassifier,
+    dataset: ImageSet,
+    pre: Preprocessing,
+    scales: Sequence[int],
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+) -> np.ndarray:
+    """Logits (S, N, K) on the validation images, in dataset order."""
+    keys = dataset.shape_keys(pre)
+    batches = ShapeBatchSampler(keys, batch_size, shuffle=False)._batches()
+    num_classes = int(model.spec.num_classes)
+    out = np.zeros((len(scales), len(dataset), num_classes), np.float32)
+    model.eval()
+    with torch.inference_mode(), autocast(device, amp):
+        for s, scale in enumerate(scales):
+            collate = ScaleCollate(pre, scale=scale)
+            for idx in batches:
+                images, _ = collate([dataset[i] for i in idx])
+                out[s, idx] = model(images.to(device)).float().cpu().numpy()
+    return out
+
+
+def validate(
+    model: VGGClassifier,
+    dataset: ImageSet,
+    pre: Preprocessing,
+    classes: Sequence[str],
+    defect_classes: Sequence[str],
+    device: torch.device,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """Per-epoch validation at the middle scale (cheap); the full multi-scale one comes last."""
+    middle = sorted(pre.scales)[len(pre.scales) // 2]
+    logits = validation_logits(model, dataset, pre, [middle], device, config.batch_size, config.amp)
+    labels = np.asarray(dataset.labels)
+    probs = fused_probabilities(logits)
+    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    report = evaluate_predictions(probs, labels, classes, defect_classes)
+    return {"val_loss": loss, "val_accuracy": report.accuracy, "val_macro_f1": report.macro_f1}
+
+
+@dataclass
+class TrainingData:
+    train: LabelledFolder
+    val: LabelledFolder
+    defect_classes: tuple[str, ...]
+
+
+def prepare_data(
+    train_dir: Path, val_dir: Path | None, config: TrainConfig, *, min_classes: int = 2
+) -> TrainingData:
+    folder = scan_folder(train_dir, min_classes=min_classes)
+    if val_dir is not None:
+        val = scan_folder(val_dir, classes=folder.classes)
+        train = folder
+    else:
+        train, val = stratified_split(folder, config.val_fraction, config.seed)
+    return TrainingData(train, val, defect_classes_of(folder.classes, config.good_classes))
+
+
+def _checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    best: dict[str, Any],
+    bad_epochs: int,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "config": config.to_dict(),
+            "history": history,
+            "best": best,
+            "bad_epochs": bad_epochs,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def fit(
+    train_dir: str | Path,
+    *,
+    name: str,
+    store: ModelStore,
+    config: TrainConfig,
+    val_dir: str | Path | None = None,
+    weights_dir: Path,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    promote: bool | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> ModelVersion:
+    """Train, calibrate, evaluate and register a new version of model ``name``."""
+    ModelRef.parse(name)
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    data = prepare_data(Path(train_dir), Path(val_dir) if val_dir else None, config)
+    classes = data.train.classes
+    pre = Preprocessing.for_scales(config.scales)
+    log.info("classes: %s; defects: %s", ", ".join(classes), ", ".join(data.defect_classes))
+    log.info("train: %s", data.train.describe())
+    log.info("val:   %s", data.val.describe())
+
+    max_short = max(pre.scales)
+    load = {"max_pixels": config.max_image_pixels, "max_short_side": max_short}
+    train_set = ImageSet(
+        load_images(data.train, **load), data.train.labels(), Augmentation(), seed=config.seed
+    )
+    val_set = ImageSet(load_images(data.val, **load), data.val.labels())
+
+    model = build_model(
+        arch=config.arch,
+        num_classes=len(classes),
+        width=config.width,
+        dropout=config.dropout,
+        pool=config.pool,
+    )
+    init_used, parent = initialise(model, config, store, weights_dir)
+    model.freeze_blocks(config.freeze_blocks)
+    model.to(device)
+    log.info(
+        "%s width %s: %d parameters, init %s",
+        config.arch,
+        config.width,
+        count_parameters(model),
+        init_used,
+    )
+
+    sampler = ShapeBatchSampler(
+        train_set.shape_keys(pre), config.batch_size, shuffle=True, seed=config.seed
+    )
+    collate = ScaleCollate(pre, scale=None, seed=config.seed)
+    workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
+    loader: DataLoader[Any] = DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    weights = class_weights(data.train.labels(), len(classes)) if config.balance else None
+    criterion = nn.CrossEntropyLoss(
+        weight=weights.to(device) if weights is not None else None,
+        label_smoothing=config.label_smoothing,
+    )
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, len(sampler))
+    use_scaler = config.amp and amp_dtype(device) == torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"score": None, "epoch": 0, "state": None}
+    bad_epochs = 0
+    start_epoch = 1
+    if resume and checkpoint_path is not None and checkpoint_path.is_file():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, best, bad_epochs = ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
+        start_epoch = int(ckpt["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        sampler.set_epoch(epoch)
+        train_set.epoch = epoch
+        collate.rng = random.Random(config.seed * 1_000_003 + epoch)
+        t0 = time.perf_counter()
+        with tqdm(
+            total=len(train_set),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="img",
+            disable=not config.progress,
+            leave=False,
+        ) as bar:
+            row: dict[str, float] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row |= train_one_epoch(
+                model,
+                loader,
+                criterion,
+                optimizer,
+                scheduler,
+                device,
+                amp=config.amp,
+                scaler=scaler,
+                progress=bar,
+            )
+        row |= validate(model, val_set, pre, classes, data.defect_classes, device, config)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        score = [row["val_macro_f1"], -row["val_loss"]]
+        if best["score"] is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        line = (
+            f"epoch {epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
+            f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
+            f"val_f1 {row['val_macro_f1']:.4f} ({row['seconds']:.1f}s)"
+        )
+        if config.progress:
+            tqdm.write(line)
+        log.info(line)
+        if on_epoch is not None:
+            on_epoch(row)
+        if checkpoint_path is not None:
+            _checkpoint(
+                checkpoint_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch,
+                config=config,
+                history=history,
+                best=best,
+                bad_epochs=bad_epochs,
+            )
+        if bad_epochs >= config.patience:
+            log.info("early stop: no improvement for %d epochs", bad_epochs)
+            break
+
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    train_seconds = time.perf_counter() - started
+
+    # Calibrate on the validation set at every scale, then evaluate with that calibration.
+    logits = validation_logits(
+        model, val_set, pre, pre.scales, device, config.batch_size, config.amp
+    )
+    labels = np.asarray(val_set.labels)
+    calibration = calibrate(
+        logits,
+        labels,
+        classes,
+        data.defect_classes,
+        target_recall=config.target_recall,
+        max_review_rate=config.max_review_rate,
+    )
+    report, figures = evaluate_arrays(
+        logits, labels, classes, data.defect_classes, calibration, pre.scales
+    )
+
+    metadata = ModelMetadata(
+        name=name,
+        version=0,
+        spec=model.spec,
+        classes=classes,
+        defect_classes=data.defect_classes,
+        preprocessing=pre,
+        calibration=calibration,
+        parent=parent,
+        init=init_used,
+        dataset={
+            "train_root": str(data.train.root),
+            "val_root": str(data.val.root) if val_dir else None,
+            "train_counts": data.train.counts(),
+            "val_counts": data.val.counts(),
+            "fingerprint": fingerprint(data.train),
+            "val_fingerprint": fingerprint(data.val),
+        },
+        training={
+            "config": config.to_dict(),
+            "device": str(device),
+            "epochs_run": len(history),
+            "best_epoch": best["epoch"],
+            "seconds": round(train_seconds, 1),
+            "parameters": count_parameters(model),
+        },
+        metrics=report,
+    )
+    mv = store.register(model.cpu(), metadata, promote=promote)
+    store.write_artifact(mv, "history.json", history)
+    plot_history(history, mv.path / "history.png")
+    write_evaluation(mv.path, report, figures, prefix="val_")
+    return mv

@@ -1,0 +1,116 @@
+"""The command line end to end: train, evaluate, models, export, demo data."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inspector.cli import main
+from inspector.store import ModelStore, ModelVersion
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> None:
+    train_dir, val_dir = demo_dirs
+    common = [
+        "--arch",
+        "vgg11_bn",
+        "--width",
+        "0.125",
+        "--scales",
+        "64,96",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
+    assert main(["train", str(train_dir), "--val", str(val_dir), "--name", "steel", *common]) == 0
+    assert main(["train", str(train_dir), "--name", "steel", *common, "--init", "steel:1"]) == 0
+    out = capsys.readouterr().out
+    assert "registered steel:1" in out and "registered steel:2" in out
+
+    store = ModelStore(cli_env / "models")
+    assert store.versions("steel") == [1, 2] and store.production("steel") == 1
+    assert store.get("steel:2").metadata.parent == "steel:1"
+
+    report_dir = cli_env / "eval"
+    assert main(["evaluate", str(val_dir), "--model", "steel:2", "--output", str(report_dir)]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["model"] == "steel:2" and report["num_images"] == 100
+    assert set(report["per_scale_accuracy"]) == {"64", "96"}
+    assert (report_dir / "confusion.png").stat().st_size > 1000
+    assert (report_dir / "reliability.png").stat().st_size > 1000
+    assert "accuracy" in capsys.readouterr().out
+
+    assert main(["models", "promote", "steel:2"]) == 0
+    assert store.production("steel") == 2
+    assert main(["models", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "* steel:2" in listing and "  steel:1" in listing
+    assert main(["models", "rollback", "steel"]) == 0
+    assert store.production("steel") == 1
+    capsys.readouterr()
+    assert main(["models", "show", "steel"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 1 and shown["production"] is True
+    assert shown["calibration"]["temperature"] > 0
+
+
+def test_errors_are_one_line_messages_with_exit_code_2(cli_env: Path, tmp_path: Path, capsys):
+    assert main(["models", "show", "nothing"]) == 2
+    assert "error: no model named 'nothing'" in capsys.readouterr().err
+    (tmp_path / "one" / "ok").mkdir(parents=True)
+    assert main(["train", str(tmp_path / "one"), "--name", "x"]) == 2
+    assert "no classes found" in capsys.readouterr().err
+
+
+def test_export_onnx_and_torchscript_reproduce_the_logits(
+    cli_env: Path, trained: ModelVersion, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("INSPECTOR_MODEL_STORE", str(trained.path.parent.parent))
+    model, _ = ModelStore(trained.path.parent.parent).load(trained.ref)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+
+    onnx_path = tmp_path / "m.onnx"
+    assert (
+        main(["models", "export", trained.ref, "--format", "onnx", "--output", str(onnx_path)]) == 0
+    )
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    proto = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["inspector"])["classes"] == list(trained.metadata.classes)
+    (got,) = ReferenceEvaluator(proto).run(None, {"images": x.numpy()})
+    assert np.allclose(got, expected, atol=1e-3)
+
+    ts_path = tmp_path / "m.pt"
+    assert (
+        main(["models", "export", trained.ref, "--format", "torchscript", "--output", str(ts_path)])
+        == 0
+    )
+    files = {"inspector.json": ""}
+    loaded = torch.jit.load(str(ts_path), _extra_files=files)
+    assert json.loads(files["inspector.json"])["name"] == "demo"
+    with torch.inference_mode():
+        assert np.allclose(loaded(x).numpy(), expected, atol=1e-4)
+
+
+def test_demo_data_command_writes_the_layout(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "d"
+    assert main(["demo-data", str(out), "--per-class", "3", "--size", "48"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["crack", "good", "patch", "scratch", "spot"]
+    assert len(list((out / "crack").iterdir())) == 3
+    assert "wrote 15 images" in capsys.readouterr().out

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from inspector.errors import ConfigurationError
+from inspector.preprocessing import (
+    Preprocessing,
+    cut_tiles,
+    group_by_size,
+    needs_tiles,
+    parse_scales,
+    target_size,
+    tile_boxes,
+    to_tensor,
+)
+
+
+def test_target_size_keeps_short_side_and_aspect_within_limits() -> None:
+    pre = Preprocessing()
+    assert target_size(200, 200, 224, pre) == (224, 224)
+    assert target_size(100, 160, 224, pre) == (224, 352)  # 358 rounded to a multiple of 32
+    assert target_size(150, 100, 256, pre) == (384, 256)
+    # Very long images are capped at max_aspect (tiles see the rest).
+    assert target_size(100, 1000, 224, pre) == (224, 448)
+
+
+def test_to_tensor_normalises_with_the_stored_mean_and_std() -> None:
+    pre = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    img = np.full((4, 4, 3), 0.75, np.float32)
+    t = to_tensor([img], pre)
+    assert t.shape == (1, 3, 4, 4)
+    assert np.allclose(t[0, :, 0, 0].numpy(), [1.0, 0.5, 0.25])
+
+
+def test_group_by_size_batches_same_shapes_and_keeps_indices() -> None:
+    pre = Preprocessing(scales=(64,))
+    images = [
+        np.zeros((50, 50, 3), np.float32),
+        np.zeros((50, 100, 3), np.float32),
+        np.zeros((60, 60, 3), np.float32),
+    ]
+    groups = {tuple(idx): tuple(t.shape) for idx, t in group_by_size(images, 64, pre)}
+    assert groups == {(0, 2): (2, 3, 64, 64), (1,): (1, 3, 64, 128)}
+
+
+def test_tiles_cover_the_whole_image_with_overlap() -> None:
+    boxes = tile_boxes(1000, 1500, 576, 0.25)
+    covered = np.zeros((1000, 1500), bool)
+    for y0, x0, y1, x1 in boxes:
+        assert y1 - y0 <= 576 and x1 - x0 <= 576
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    pre = Preprocessing(tile_size=576, tile_trigger=1024)
+    big = np.zeros((1000, 1500, 3), np.float32)
+    assert needs_tiles(big, pre) and not needs_tiles(big[:500, :500], pre)
+    crops, cut = cut_tiles(big, pre)
+    assert len(crops) == len(cut) == len(boxes)
+
+
+def test_preprocessing_round_trips_and_validates() -> None:
+    pre = Preprocessing(scales=(96, 128))
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    assert parse_scales("224, 256,288") == (224, 256, 288)
+    with pytest.raises(ConfigurationError):
+        parse_scales("224,big")
+    with pytest.raises(ConfigurationError):
+        Preprocessing(scales=(16,))

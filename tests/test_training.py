@@ -1,0 +1,170 @@
+"""Fine-tuning on generated data: it learns, calibrates, records, resumes and continues."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inspector.errors import ConfigurationError, DatasetError, WeightsNotFoundError
+from inspector.model import build_model
+from inspector.pretrained import load_imagenet_features
+from inspector.store import ModelStore, ModelVersion
+from inspector.training import class_weights, defect_classes_of, fit
+from tests.conftest import tiny_config
+
+
+def test_compact_model_learns_the_demo_surfaces(trained: ModelVersion) -> None:
+    meta = trained.metadata
+    assert meta.classes == ("crack", "good", "patch", "scratch", "spot")
+    assert meta.defect_classes == ("crack", "patch", "scratch", "spot")
+    # Far above chance (0.2): the network really learned the classes.
+    assert meta.metrics["accuracy"] >= 0.8
+    assert meta.metrics["defect_recall"] >= 0.95
+
+
+def test_version_records_history_calibration_data_and_figures(trained: ModelVersion) -> None:
+    meta = trained.metadata
+    history = json.loads((trained.path / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert meta.calibration.temperature > 0
+    assert 0.0 <= meta.calibration.review_threshold <= meta.calibration.defect_threshold <= 1.0
+    assert len(meta.dataset["fingerprint"]) == 64
+    assert meta.dataset["train_counts"]["good"] == 60
+    assert meta.training["config"]["arch"] == "vgg11_bn"
+    assert meta.preprocessing.scales == (64, 96)
+    for name in ("history.png", "val_confusion.png", "val_reliability.png", "val_report.json"):
+        data = (trained.path / name).read_bytes()
+        assert len(data) > 1000
+    assert json.loads((trained.path / "val_report.json").read_text())["num_images"] == 100
+
+
+def test_without_val_a_stratified_share_is_held_out(tmp_path: Path, demo_dirs) -> None:
+    train_dir, _ = demo_dirs
+    mv = fit(
+        train_dir,
+        name="split",
+        store=ModelStore(tmp_path),
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=1, val_fraction=0.25),
+    )
+    counts = mv.metadata.dataset["val_counts"]
+    assert counts == dict.fromkeys(("crack", "good", "patch", "scratch", "spot"), 15)
+    assert mv.metadata.dataset["train_counts"]["good"] == 45
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path, demo_dirs) -> None:
+    train_dir, val_dir = demo_dirs
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    store = ModelStore(tmp_path / "store")
+    fit(
+        train_dir,
+        val_dir=val_dir,
+        name="r",
+        store=store,
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=2),
+        checkpoint_path=ckpt,
+    )
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 2
+    seen: list[int] = []
+    mv = fit(
+        train_dir,
+        val_dir=val_dir,
+        name="r",
+        store=store,
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=3),
+        checkpoint_path=ckpt,
+        resume=True,
+        on_epoch=lambda row: seen.append(int(row["epoch"])),
+    )
+    assert seen == [3]  # epochs 1-2 came from the checkpoint
+    assert mv.metadata.training["epochs_run"] == 3
+
+
+def test_continued_fine_tuning_starts_from_a_stored_version(
+    tmp_path: Path, demo_dirs, trained: ModelVersion
+) -> None:
+    train_dir, val_dir = demo_dirs
+    store = ModelStore(trained.path.parent.parent)
+    first_epoch: list[float] = []
+    mv = fit(
+        train_dir,
+        val_dir=val_dir,
+        name="demo",
+        store=store,
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=1, init=trained.ref, lr=1e-4),
+        on_epoch=lambda row: first_epoch.append(row["val_accuracy"]),
+    )
+    assert mv.metadata.parent == trained.ref
+    assert mv.metadata.version == trained.metadata.version + 1
+    assert store.production("demo") == trained.metadata.version  # not promoted by itself
+    # Starting from the trained weights, the first epoch is already good.
+    assert first_epoch[0] >= 0.7
+
+
+def test_imagenet_init_without_weights_says_what_to_put_where(tmp_path: Path, demo_dirs) -> None:
+    train_dir, _ = demo_dirs
+    with pytest.raises(WeightsNotFoundError, match=r"place vgg11_bn-[0-9a-f]{8}\.pth") as info:
+        fit(
+            train_dir,
+            name="x",
+            store=ModelStore(tmp_path),
+            weights_dir=tmp_path / "weights",
+            config=tiny_config(width=1.0, init="imagenet", epochs=1),
+        )
+    assert str(tmp_path / "weights") in str(info.value)
+    assert "--init scratch" in str(info.value)
+
+
+def test_imagenet_init_loads_a_local_torchvision_file(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    from torchvision.models import vgg11_bn
+
+    from inspector import pretrained
+
+    reference = vgg11_bn(weights=None)
+    path = tmp_path / "candidate.pth"
+    torch.save(reference.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    named = path.rename(tmp_path / f"vgg11_bn-{digest}.pth")
+    monkeypatch.setattr(pretrained, "imagenet_weights_file", lambda arch: (named.name, "url"))
+    model = build_model(arch="vgg11_bn", num_classes=3)
+    assert load_imagenet_features(model, tmp_path) == named
+    assert torch.equal(model.features[0].weight, reference.features[0].weight)
+    # A file whose content does not match its name's hash is refused.
+    bad = tmp_path / "other"
+    bad.mkdir()
+    (bad / named.name).write_bytes(named.read_bytes() + b"x")
+    with pytest.raises(WeightsNotFoundError, match="fails its hash check"):
+        load_imagenet_features(model, bad)
+
+
+def test_dataset_problems_are_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "a.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="found 1 class"):
+        fit(
+            tmp_path,
+            name="x",
+            store=ModelStore(tmp_path / "s"),
+            weights_dir=tmp_path,
+            config=tiny_config(),
+        )
+
+
+def test_defect_classes_and_class_weights() -> None:
+    assert defect_classes_of(("blowhole", "free", "crack"), None) == ("blowhole", "crack")
+    assert defect_classes_of(("a", "b"), ("b",)) == ("a",)
+    with pytest.raises(ConfigurationError, match="not among the classes"):
+        defect_classes_of(("a", "b"), ("ok",))
+    w = class_weights([0] * 70 + [1] * 30, 2)
+    assert float(w.mean()) == pytest.approx(1.0)
+    assert float(w[1] / w[0]) == pytest.approx(70 / 30)
+    assert np.isfinite(w.numpy()).all()
