@@ -56,6 +56,7 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         progress=not args.quiet,
         target_recall=args.target_recall,
         seed=args.seed,
+        pool=args.pool,
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(args.store or Path(tmp) / "models")
@@ -79,6 +80,7 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         "width": args.width,
         "parameters": mv.metadata.training["parameters"],
         "scales": list(config.scales),
+        "pool": args.pool,
         "epochs_run": mv.metadata.training["epochs_run"],
         "train_seconds": round(train_seconds, 1),
         "accuracy": report["accuracy"],
@@ -104,6 +106,7 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--init", default="auto")
     p.add_argument("--scales", default="224,256,288")
+    p.add_argument("--pool", choices=["avg", "max"], default="avg")
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--target-recall", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)
@@ -121,7 +124,7 @@ def main() -> int:
         line = json.dumps(result)
         print(line, flush=True)
         kind = "gpu" if torch.cuda.is_available() else "cpu"
-        tag = f"train_eval-{name}-{args.arch}-w{args.width:g}-{kind}"
+        tag = f"train_eval-{name}-{args.arch}-w{args.width:g}-{args.pool}-{kind}"
         (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -49,6 +49,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         target_recall=args.target_recall,
         good_classes=tuple(args.good_classes.split(",")) if args.good_classes else None,
+        pool=args.pool,
         max_image_pixels=settings.max_image_pixels,
         progress=not args.quiet,
     )
@@ -217,14 +218,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not store.versions(DEMO_MODEL):
         print("training the compact demo model (a few minutes on a CPU)...")
         config = TrainConfig(
-            arch="vgg11",
+            arch="vgg11_bn",
             width=0.25,
-            epochs=12,
+            epochs=20,
             batch_size=32,
             lr=3e-3,
             init="scratch",
-            scales=(128, 160, 192),
-            patience=12,
+            scales=(96, 128),
+            pool="max",
+            patience=20,
             device=settings.device,
             max_image_pixels=settings.max_image_pixels,
         )
@@ -248,6 +250,20 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"{summary.flagged} flagged, {summary.errors} errors -> {output}"
     )
     print(f"metrics: {json.dumps({k: meta.metrics.get(k) for k in ('accuracy', 'macro_f1')})}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.db.engine import check_revision, make_engine, upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        if args.action == "upgrade":
+            upgrade(engine)
+        revision = check_revision(engine)
+    finally:
+        engine.dispose()
+    print(f"database {engine.url.render_as_string(hide_password=True)} at revision {revision}")
     return 0
 
 
@@ -276,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="imagenet, scratch, NAME[:VERSION] from the store, or auto "
         "(imagenet at full width, scratch for compact models)",
+    )
+    p.add_argument(
+        "--pool",
+        choices=["avg", "max"],
+        default="avg",
+        help="global pooling of the head: avg (default) or max (small defects)",
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", default="224,256,288", help="short-side sizes, comma-separated")
@@ -323,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     q.add_argument("--output", type=Path)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("db", help="create or migrate the database (INSPECTOR_DATABASE_URL)")
+    p.add_argument("action", choices=["upgrade", "check"])
+    p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("demo-data", help="generate a synthetic folder-per-class dataset")
     p.add_argument("out_dir", type=Path)

@@ -249,11 +249,20 @@ class ShapeBatchSampler(Sampler[list[int]]):
     """Seeded shuffled batches of images that share a target shape (aspect-ratio buckets)."""
 
     def __init__(
-        self, keys: Sequence[tuple[int, int]], batch_size: int, *, shuffle: bool, seed: int = 0
+        self,
+        keys: Sequence[tuple[int, int]],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        pool_remainders: bool = False,
     ) -> None:
         self.keys = list(keys)
         self.batch_size = batch_size
         self.shuffle = shuffle
+        # Training: small leftovers of many shape buckets would be tiny batches, which batch
+        # norm handles badly; they are pooled into full batches (resized to one shape).
+        self.pool_remainders = pool_remainders
         self.seed = seed
         self.epoch = 0
 
@@ -273,6 +282,12 @@ class ShapeBatchSampler(Sampler[list[int]]):
             for idx in buckets.values()
             for j in range(0, len(idx), self.batch_size)
         ]
+        if self.pool_remainders:
+            full = [b for b in batches if len(b) == self.batch_size]
+            rest = [i for b in batches if len(b) < self.batch_size for i in b]
+            batches = full + [
+                rest[j : j + self.batch_size] for j in range(0, len(rest), self.batch_size)
+            ]
         if self.shuffle:
             rng.shuffle(batches)
         return batches

@@ -32,6 +32,7 @@ class Settings:
     data_dir: Path
     model_store_dir: Path
     weights_dir: Path
+    database_url: str = ""
     device: str = "auto"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     batch_size: int = 32
@@ -50,6 +51,8 @@ class Settings:
             )
         return cls(
             data_dir=data_dir,
+            database_url=env.get("INSPECTOR_DATABASE_URL")
+            or f"sqlite:///{data_dir / 'inspector.db'}",
             model_store_dir=Path(store).expanduser().resolve() if store else data_dir / "models",
             weights_dir=Path(weights).expanduser().resolve() if weights else data_dir / "weights",
             device=device,

@@ -372,7 +372,11 @@ def fit(
     )
 
     sampler = ShapeBatchSampler(
-        train_set.shape_keys(pre), config.batch_size, shuffle=True, seed=config.seed
+        train_set.shape_keys(pre),
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        pool_remainders=True,
     )
     collate = ScaleCollate(pre, scale=None, seed=config.seed)
     workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)

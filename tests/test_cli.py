@@ -114,3 +114,12 @@ def test_demo_data_command_writes_the_layout(tmp_path: Path, capsys) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["crack", "good", "patch", "scratch", "spot"]
     assert len(list((out / "crack").iterdir())) == 3
     assert "wrote 15 images" in capsys.readouterr().out
+
+
+def test_db_upgrade_creates_the_schema_and_check_reports_it(cli_env: Path, capsys) -> None:
+    assert main(["db", "check"]) == 2
+    assert "inspector db upgrade" in capsys.readouterr().err
+    assert main(["db", "upgrade"]) == 0
+    assert (cli_env / "inspector.db").is_file()
+    assert main(["db", "check"]) == 0
+    assert "at revision" in capsys.readouterr().out

@@ -103,6 +103,10 @@ def test_batches_hold_one_shape_each() -> None:
     assert list(sampler) == batches  # same epoch, same batches
     sampler.set_epoch(1)
     assert list(sampler) != batches  # a new epoch reshuffles
+    # Training pools the leftovers of each shape bucket into full batches.
+    pooled = list(ShapeBatchSampler(keys, batch_size=4, shuffle=True, pool_remainders=True))
+    assert sorted(len(b) for b in pooled) == [4, 4]
+    assert sorted(i for b in pooled for i in b) == list(range(8))
 
 
 def test_load_images_shrinks_to_what_training_needs(tmp_path: Path) -> None:
