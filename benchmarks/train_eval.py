@@ -115,7 +115,8 @@ def main() -> int:
     p.add_argument("--store", type=Path, help="keep the trained models here")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("inspector.training").setLevel(logging.INFO)  # one line per epoch
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     names = ["neu-cls", "magnetic-tile"] if args.dataset == "all" else [args.dataset]
