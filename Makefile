@@ -24,7 +24,7 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy inspector
+	$(BIN)/mypy inspector web
 
 test:
 	$(BIN)/pytest

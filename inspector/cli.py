@@ -267,6 +267,27 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.db.engine import check_revision, make_engine
+    from inspector.db.queries import create_token, revoke_token
+
+    engine = make_engine(settings.database_url)
+    try:
+        check_revision(engine)
+        if args.action == "create":
+            token = create_token(engine, args.name)
+            print(f"API token {args.name!r} (shown once; keep it secret):")
+            print(token)
+            return 0
+        if not revoke_token(engine, args.name):
+            print(f"error: no active token named {args.name!r}", file=sys.stderr)
+            return 2
+        print(f"revoked token {args.name!r}")
+        return 0
+    finally:
+        engine.dispose()
+
+
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -349,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="create or migrate the database (INSPECTOR_DATABASE_URL)")
     p.add_argument("action", choices=["upgrade", "check"])
     p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("tokens", help="create or revoke an API token")
+    p.add_argument("action", choices=["create", "revoke"])
+    p.add_argument("name")
+    p.set_defaults(func=cmd_tokens)
 
     p = sub.add_parser("demo-data", help="generate a synthetic folder-per-class dataset")
     p.add_argument("out_dir", type=Path)

@@ -68,6 +68,7 @@ class TrainConfig:
     freeze_blocks: int = 0
     balance: bool = True
     patience: int = 8
+    min_epochs: int | None = None
     seed: int = 0
     scales: tuple[int, ...] = DEFAULT_SCALES
     val_fraction: float = 0.2
@@ -466,7 +467,12 @@ def fit(
                 best=best,
                 bad_epochs=bad_epochs,
             )
-        if bad_epochs >= config.patience:
+        # The learning rate is still high early in the schedule and validation noisy: patience
+        # counts only epochs after half the run (or min_epochs).
+        min_epochs = config.min_epochs if config.min_epochs is not None else config.epochs // 2
+        if epoch <= min_epochs:
+            bad_epochs = 0
+        elif bad_epochs >= config.patience:
             log.info("early stop: no improvement for %d epochs", bad_epochs)
             break
 

@@ -123,3 +123,19 @@ def test_db_upgrade_creates_the_schema_and_check_reports_it(cli_env: Path, capsy
     assert (cli_env / "inspector.db").is_file()
     assert main(["db", "check"]) == 0
     assert "at revision" in capsys.readouterr().out
+
+
+def test_tokens_create_prints_the_token_alone_on_its_last_line(cli_env: Path, capsys) -> None:
+    from inspector.db.engine import make_engine
+    from inspector.db.queries import verify_token
+
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["tokens", "create", "line-3"]) == 0
+    token = capsys.readouterr().out.splitlines()[-1]
+    engine = make_engine(f"sqlite:///{cli_env / 'inspector.db'}")
+    assert verify_token(engine, token) == "line-3"
+    assert main(["tokens", "revoke", "line-3"]) == 0
+    assert verify_token(engine, token) is None
+    assert main(["tokens", "revoke", "line-3"]) == 2
+    engine.dispose()

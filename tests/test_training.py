@@ -168,3 +168,21 @@ def test_defect_classes_and_class_weights() -> None:
     assert float(w.mean()) == pytest.approx(1.0)
     assert float(w[1] / w[0]) == pytest.approx(70 / 30)
     assert np.isfinite(w.numpy()).all()
+
+
+def test_early_stopping_counts_patience_after_half_the_epochs(tmp_path: Path, demo_dirs) -> None:
+    train_dir, val_dir = demo_dirs
+    for min_epochs, expected in ((None, [1, 2, 3]), (3, [1, 2, 3, 4])):
+        seen: list[int] = []
+        # patience 0: every epoch counts as "no improvement", so only min_epochs holds it back.
+        mv = fit(
+            train_dir,
+            val_dir=val_dir,
+            name="early",
+            store=ModelStore(tmp_path),
+            weights_dir=tmp_path,
+            config=tiny_config(epochs=4, patience=0, min_epochs=min_epochs),
+            on_epoch=lambda row, seen=seen: seen.append(int(row["epoch"])),
+        )
+        assert seen == expected
+        assert mv.metadata.training["epochs_run"] == len(expected)
