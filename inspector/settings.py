@@ -12,7 +12,7 @@ from inspector.errors import ConfigurationError
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
-def _int(environ: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+def env_int(environ: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
     raw = environ.get(key)
     if raw is None or raw == "":
         return default
@@ -56,9 +56,9 @@ class Settings:
             model_store_dir=Path(store).expanduser().resolve() if store else data_dir / "models",
             weights_dir=Path(weights).expanduser().resolve() if weights else data_dir / "weights",
             device=device,
-            max_image_pixels=_int(
+            max_image_pixels=env_int(
                 env, "INSPECTOR_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1
             ),
-            batch_size=_int(env, "INSPECTOR_BATCH_SIZE", 32, minimum=1),
-            decode_workers=_int(env, "INSPECTOR_DECODE_WORKERS", 2, minimum=0),
+            batch_size=env_int(env, "INSPECTOR_BATCH_SIZE", 32, minimum=1),
+            decode_workers=env_int(env, "INSPECTOR_DECODE_WORKERS", 2, minimum=0),
         )

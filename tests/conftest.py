@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from sqlalchemy import Engine
 
+from inspector.db.engine import make_engine, upgrade
+from inspector.db.testing import (
+    DatabaseUnavailableError,
+    postgres_test_url,
+    scratch_postgres_engine,
+)
 from inspector.demo_data import generate_demo_dataset
 from inspector.store import ModelStore, ModelVersion
 from inspector.training import TrainConfig, fit
@@ -70,3 +79,25 @@ def noise_image(
 ) -> np.ndarray:
     shape = (h, w) if channels == 1 else (h, w, channels)
     return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database: a new SQLite file, or a new schema on the PostgreSQL server."""
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            engine = make_engine(f"sqlite:///{tmp_path / 'db' / 'inspector.db'}")
+            stack.callback(engine.dispose)
+        else:
+            try:
+                engine = stack.enter_context(scratch_postgres_engine(postgres_test_url()))
+            except DatabaseUnavailableError as exc:
+                pytest.skip(str(exc))
+        yield engine
+
+
+@pytest.fixture
+def engine(empty_engine: Engine) -> Engine:
+    """A migrated database on each backend."""
+    upgrade(empty_engine)
+    return empty_engine

@@ -7,42 +7,19 @@ import multiprocessing
 import random
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, func, select
 
 from inspector.db import queries as q
 from inspector.db.engine import make_engine, upgrade
 from inspector.db.records import NewImage, NewResult
 from inspector.db.schema import images, jobs, results
-from inspector.db.testing import (
-    DatabaseUnavailableError,
-    postgres_test_url,
-    scratch_postgres_engine,
-)
 
 IMAGES = 200
 JOBS = 10  # of 20 images each, so many jobs see their last images finish concurrently
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    with ExitStack() as stack:
-        if request.param == "sqlite":
-            engine = make_engine(f"sqlite:///{tmp_path / 'inspector.db'}")
-            stack.callback(engine.dispose)
-        else:
-            try:
-                engine = stack.enter_context(scratch_postgres_engine(postgres_test_url()))
-            except DatabaseUnavailableError as exc:
-                pytest.skip(str(exc))
-        upgrade(engine)
-        yield engine
 
 
 def queue_jobs(engine: Engine) -> None:

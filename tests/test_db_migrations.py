@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,29 +22,9 @@ from inspector.db.engine import (
     upgrade,
 )
 from inspector.db.errors import DatabaseRevisionError
-from inspector.db.testing import (
-    DatabaseUnavailableError,
-    postgres_test_url,
-    scratch_postgres_engine,
-)
 from inspector.errors import ConfigurationError
 
 TABLES = {"jobs", "images", "results", "api_tokens", "alembic_version"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on an empty database: a new SQLite file, or a new PostgreSQL schema."""
-    with ExitStack() as stack:
-        if request.param == "sqlite":
-            engine = make_engine(f"sqlite:///{tmp_path / 'db' / 'inspector.db'}")
-            stack.callback(engine.dispose)
-        else:
-            try:
-                engine = stack.enter_context(scratch_postgres_engine(postgres_test_url()))
-            except DatabaseUnavailableError as exc:
-                pytest.skip(str(exc))
-        yield engine
 
 
 def _differences(engine: Engine) -> list[object]:

@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, update
 
 from inspector.db import queries as q
-from inspector.db.engine import make_engine, upgrade
 from inspector.db.records import NewImage, NewResult
 from inspector.db.schema import api_tokens, images, jobs, results
-from inspector.db.testing import (
-    DatabaseUnavailableError,
-    postgres_test_url,
-    scratch_postgres_engine,
-)
 from inspector.errors import ConfigurationError
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database: a new SQLite file, or a new schema on the PostgreSQL server."""
-    with ExitStack() as stack:
-        if request.param == "sqlite":
-            engine = make_engine(f"sqlite:///{tmp_path / 'inspector.db'}")
-            stack.callback(engine.dispose)
-        else:
-            try:
-                engine = stack.enter_context(scratch_postgres_engine(postgres_test_url()))
-            except DatabaseUnavailableError as exc:
-                pytest.skip(str(exc))
-        upgrade(engine)
-        yield engine
 
 
 def new_images(n: int, prefix: str = "img") -> list[NewImage]:

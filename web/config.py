@@ -8,23 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.errors import ConfigurationError
+from inspector.settings import env_int
 
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_QUEUE_DEPTH = 100_000
 DEFAULT_INSPECT_TIMEOUT = 10.0
-
-
-def _int(environ: Mapping[str, str], key: str, default: int, minimum: int) -> int:
-    raw = environ.get(key)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{key} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigurationError(f"{key} must be at least {minimum}, got {value}")
-    return value
 
 
 def _seconds(environ: Mapping[str, str], key: str, default: float) -> float:
@@ -68,11 +56,11 @@ class WebSettings:
         ``INSPECTOR_MAX_QUEUE_DEPTH`` and ``INSPECTOR_INSPECT_TIMEOUT`` (seconds)."""
         env = os.environ if environ is None else environ
         return cls(
-            max_upload_bytes=_int(
+            max_upload_bytes=env_int(
                 env, "INSPECTOR_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, minimum=1
             ),
             allowed_roots=_roots(env, "INSPECTOR_ALLOWED_ROOTS"),
-            max_queue_depth=_int(
+            max_queue_depth=env_int(
                 env, "INSPECTOR_MAX_QUEUE_DEPTH", DEFAULT_MAX_QUEUE_DEPTH, minimum=1
             ),
             inspect_timeout=_seconds(env, "INSPECTOR_INSPECT_TIMEOUT", DEFAULT_INSPECT_TIMEOUT),

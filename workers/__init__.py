@@ -1,0 +1,1 @@
+"""The batch workers: Celery wiring around ``workers.processing.BatchProcessor``."""
