@@ -8,16 +8,21 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inspector.errors import InspectorError
 from inspector.settings import Settings
+
+if TYPE_CHECKING:
+    from inspector.store import ModelStore
 
 log = logging.getLogger("inspector.cli")
 
 DEMO_MODEL = "demo"
 
 
-def _store(settings: Settings):  # type: ignore[no-untyped-def]
+def _store(settings: Settings) -> ModelStore:
+    # Imported here: torch loads only for the commands that need a model.
     from inspector.store import ModelStore
 
     return ModelStore(settings.model_store_dir)
