@@ -24,7 +24,7 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy inspector web
+	$(BIN)/mypy inspector web workers
 
 test:
 	$(BIN)/pytest

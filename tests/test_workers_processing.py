@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from inspector.db.records import NewImage
 from inspector.db.schema import results
 from inspector.inference import Classifier
 from inspector.store import ModelStore
+from workers.poll import run_poll_loop
 from workers.processing import BatchProcessor
 
 
@@ -190,3 +192,47 @@ def test_two_processors_in_threads_classify_each_image_once(
     assert len(per_image) == 40 and all(n == 1 for _, n in per_image)
     summary = q.job_summary(engine, job_id)
     assert summary is not None and summary.finished_at is not None
+
+
+def test_production_model_is_loaded_once_and_reloaded_when_promoted(
+    engine: Engine, store_of: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    real = store_of.get("demo").metadata.version
+
+    def loader(store: ModelStore, ref: str, device: str, batch_size: int) -> Classifier:
+        loads.append(ref)  # the store holds one version: load it whatever the pointer says
+        return Classifier.from_store(store, f"demo:{real}", device=device, batch_size=batch_size)
+
+    worker = processor(engine, store_of, loader=loader, recheck_seconds=0)
+    first = worker.classifier(None)
+    assert worker.classifier(None) is first and worker.classifier("demo") is first
+    assert loads == ["demo"]  # the default is the store's one model: one load serves both
+    version = first.meta.version
+    monkeypatch.setattr(store_of, "production", lambda name: version + 1)  # a promotion
+    assert worker.classifier(None) is not first
+    assert loads == ["demo", "demo"]
+
+
+def test_poll_loop_settles_a_job_without_any_wake_up(
+    engine: Engine, store_of: ModelStore, demo_dirs: tuple[Path, Path]
+) -> None:
+    stop = threading.Event()
+    worker = processor(engine, store_of)
+    settled: list[int] = []
+    thread = threading.Thread(target=lambda: settled.append(run_poll_loop(worker, 0.1, stop)))
+    thread.start()
+    try:
+        paths = [p for p, _ in val_images(demo_dirs[1], per_class=1)[:3]]
+        job_id = q.create_job(engine, source="upload", files=[new_image(p) for p in paths])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            summary = q.job_summary(engine, job_id)
+            if summary is not None and summary.finished_at is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and settled == [3]
+    assert [r.status for r in q.job_results(engine, job_id)] == ["done"] * 3

@@ -144,10 +144,10 @@ class BatchProcessor:
             return loaded.classifier
         try:
             classifier = self._loader(self.store, name, self.device, self.batch_size)
-        except Exception as exc:
-            if isinstance(exc, ModelStoreError) and not isinstance(exc, ModelIntegrityError):
-                raise UnknownModelError(str(exc)) from exc  # e.g. a version that does not exist
-            raise
+        except ModelIntegrityError:
+            raise  # damaged files: retried, then "failed N times" with the reason
+        except ModelStoreError as exc:
+            raise UnknownModelError(str(exc)) from exc  # e.g. a version that does not exist
         log.info(
             "worker %s: loaded model %s:%d (requested %r)",
             self.worker_id,
