@@ -253,6 +253,21 @@ class Calibration:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def verdicts(
+        self, scores: ArrayLike, confidence: ArrayLike
+    ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+        """(is_defect, uncertain) per image; an image is flagged for a person when either holds.
+
+        Uncertain: a good verdict inside the review band, or a top-1 confidence below
+        ``min_confidence``. The one place these rules live: serving and evaluation both use it.
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        is_defect = s >= self.defect_threshold
+        uncertain = (~is_defect & (s >= self.review_threshold)) | (
+            np.asarray(confidence, dtype=np.float64) < self.min_confidence
+        )
+        return is_defect, uncertain
+
     def apply(self, logits: ArrayLike) -> NDArray[np.float64]:
         """Fused, temperature-scaled probabilities (N, K) of (N, K) or (S, N, K) logits."""
         return fused_probabilities(logits, self.temperature)

@@ -135,14 +135,14 @@ class Classifier:
         per_scale = softmax(logits, cal.temperature)  # (S, N, K)
         fused = per_scale.mean(axis=0)
         scores = fused[:, self._defect_idx].sum(axis=1)
+        defects, uncertainties = cal.verdicts(scores, fused.max(axis=1))
         predictions = []
         for i in range(fused.shape[0]):
             top = int(fused[i].argmax())
             confidence = float(fused[i, top])
             score = float(scores[i])
-            is_defect = score >= cal.defect_threshold
-            uncertain = not is_defect and score >= cal.review_threshold
-            uncertain = uncertain or confidence < cal.min_confidence
+            is_defect = bool(defects[i])
+            uncertain = bool(uncertainties[i])
             predictions.append(
                 Prediction(
                     label=classes[top],

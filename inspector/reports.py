@@ -26,12 +26,10 @@ def flagged_mask(
     calibration: Calibration,
 ) -> np.ndarray:
     """Which images a person would see: defects, the review band, and low confidence."""
-    scores = defect_scores(probs, classes, defect_classes)
-    return np.asarray(
-        (scores >= calibration.review_threshold)
-        | (probs.max(axis=1) < calibration.min_confidence)
-        | (scores >= calibration.defect_threshold)
+    is_defect, uncertain = calibration.verdicts(
+        defect_scores(probs, classes, defect_classes), probs.max(axis=1)
     )
+    return np.asarray(is_defect | uncertain)
 
 
 def evaluate_arrays(

@@ -284,3 +284,12 @@ def test_calibrate_rejects_mismatched_classes(synthetic):
         calibrate(true_logits, labels, ["ok", "a", "b"], ["a"])
     with pytest.raises(ConfigurationError):
         calibrate(true_logits, labels[:-1], ["ok", "a", "b", "c"], ["a"])
+
+
+def test_verdicts_flag_defects_the_review_band_and_low_confidence() -> None:
+    cal = Calibration(defect_threshold=0.4, review_threshold=0.2, min_confidence=0.5)
+    scores = np.array([0.5, 0.3, 0.1, 0.1])
+    confidence = np.array([0.9, 0.9, 0.9, 0.45])
+    is_defect, uncertain = cal.verdicts(scores, confidence)
+    assert is_defect.tolist() == [True, False, False, False]
+    assert uncertain.tolist() == [False, True, False, True]
