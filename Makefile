@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run demo check lint typecheck test bench clean
+.PHONY: install run check lint typecheck test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-## The system on its embedded defaults (everything under ./data).
+## The whole system on its embedded defaults (SQLite and a folder queue under ./data):
+## migrates the database, trains the demo model on first run, starts web and worker.
 run: install
-	$(BIN)/inspector demo
+	$(BIN)/inspector run
 
 ## Lint, types and tests: what CI runs.
 check: install lint typecheck test
@@ -24,7 +25,7 @@ lint:
 	$(BIN)/ruff format --check .
 
 typecheck:
-	$(BIN)/mypy inspector web workers
+	$(BIN)/mypy inspector web workers service
 
 test:
 	$(BIN)/pytest
@@ -32,6 +33,7 @@ test:
 bench: install
 	$(BIN)/python benchmarks/train_eval.py
 	$(BIN)/python benchmarks/classify_throughput.py
+	$(BIN)/python benchmarks/rest_throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from inspector.store import ModelStore
 
 log = logging.getLogger("inspector.cli")
-
-DEMO_MODEL = "demo"
 
 
 def _store(settings: Settings) -> ModelStore:
@@ -211,38 +209,14 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """First run on a new machine: demo data, a compact demo model, and a classified batch."""
     from inspector.classify import ResultWriter, classify_paths
-    from inspector.demo_data import generate_demo_dataset
+    from inspector.demo import DEMO_MODEL, ensure_demo_data, train_demo_model
     from inspector.inference import Classifier
-    from inspector.training import TrainConfig, fit
 
     store = _store(settings)
-    demo_dir = settings.data_dir / "demo"
-    if not (demo_dir / "train").is_dir():
-        generate_demo_dataset(demo_dir, per_class=120, size=128, seed=0, val_fraction=0.25)
-        print(f"generated demo data in {demo_dir}")
+    demo_dir = ensure_demo_data(settings)
     if not store.versions(DEMO_MODEL):
         print("training the compact demo model (a few minutes on a CPU)...")
-        config = TrainConfig(
-            arch="vgg11_bn",
-            width=0.25,
-            epochs=20,
-            batch_size=32,
-            lr=3e-3,
-            init="scratch",
-            scales=(96, 128),
-            pool="max",
-            patience=20,
-            device=settings.device,
-            max_image_pixels=settings.max_image_pixels,
-        )
-        fit(
-            demo_dir / "train",
-            name=DEMO_MODEL,
-            store=store,
-            config=config,
-            val_dir=demo_dir / "val",
-            weights_dir=settings.weights_dir,
-        )
+        train_demo_model(settings, store)
     classifier = Classifier.from_store(store, DEMO_MODEL, device=settings.device)
     output = settings.data_dir / "demo-results.csv"
     meta = classifier.meta
@@ -294,7 +268,11 @@ def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+# Adds subcommands to the parser: how the service commands join the core ones (service.cli).
+ParserExtension = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inspector", description="Industrial defect inspection with a multi-scale VGG."
     )
@@ -391,11 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="demo data, a demo model and a classified batch")
     p.set_defaults(func=cmd_demo)
+    for extend in extensions:
+        extend(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, extensions: Sequence[ParserExtension] = ()) -> int:
+    parser = build_parser(extensions)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),

@@ -17,7 +17,7 @@ from inspector.db.engine import make_engine, upgrade
 from inspector.settings import Settings
 from inspector.store import ModelStore
 from web.testing import web_service
-from workers.celery_app import make_celery
+from workers.broker import make_producer
 from workers.config import WorkerSettings
 from workers.enqueue import make_enqueue
 
@@ -81,7 +81,7 @@ def celery_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
 
 def run_job_through_worker(worker_env: dict[str, str], log_path: Path, val_dir: Path) -> None:
     env = dict(worker_env)
-    celery_app = make_celery(Settings.from_env(env), WorkerSettings.from_env(env))
+    celery_app = make_producer(Settings.from_env(env), WorkerSettings.from_env(env))
     paths = [sorted((val_dir / cls).iterdir())[0] for cls in ("good", "scratch", "crack")]
     try:
         with web_service(

@@ -220,7 +220,7 @@ def test_poll_loop_settles_a_job_without_any_wake_up(
     stop = threading.Event()
     worker = processor(engine, store_of)
     settled: list[int] = []
-    thread = threading.Thread(target=lambda: settled.append(run_poll_loop(worker, 0.1, stop)))
+    thread = threading.Thread(target=lambda: settled.append(run_poll_loop(worker.drain, 0.1, stop)))
     thread.start()
     try:
         paths = [p for p, _ in val_images(demo_dirs[1], per_class=1)[:3]]

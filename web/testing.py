@@ -79,3 +79,27 @@ def web_service(
     finally:
         if own:
             engine.dispose()
+
+
+def multipart_body(
+    files: Sequence[tuple[str, str, bytes]], fields: Mapping[str, str] | None = None
+) -> tuple[bytes, str]:
+    """A multipart/form-data body of ``(field, filename, bytes)`` parts and plain ``fields``;
+    returns the body and its Content-Type, for HTTP clients without a multipart encoder."""
+    import uuid
+
+    boundary = f"inspector-{uuid.uuid4().hex}"
+    parts: list[bytes] = []
+    for name, value in (fields or {}).items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode()
+        )
+    for field, filename, data in files:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -17,43 +16,11 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from inspector.db.engine import check_revision, make_engine
 from inspector.settings import Settings
 from inspector.store import ModelStore
+from workers.broker import WAKE_TASK, celery_config
 from workers.config import WorkerSettings
 from workers.processing import BatchProcessor
 
 log = logging.getLogger(__name__)
-
-WAKE_TASK = "inspector.wake"
-
-
-def queue_folders(settings: Settings) -> dict[str, Path]:
-    """The filesystem broker's folders under ``<data_dir>/queue/``."""
-    root = settings.data_dir / "queue"
-    return {
-        "data_folder_in": root / "messages",
-        "data_folder_out": root / "messages",  # one host: producers and consumers share it
-        "processed_folder": root / "processed",
-        "control_folder": root / "control",
-    }
-
-
-def broker_config(settings: Settings, worker: WorkerSettings) -> dict[str, Any]:
-    """broker_url and its transport options: Redis when configured, else the filesystem."""
-    if worker.broker_url:
-        return {
-            "broker_url": worker.broker_url,
-            # Longer than the longest drain, so an unacked wake-up is not redelivered mid-run.
-            "broker_transport_options": {"visibility_timeout": worker.visibility_timeout},
-        }
-    folders = queue_folders(settings)
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    return {
-        "broker_url": "filesystem://",
-        "broker_transport_options": {
-            **{key: str(path) for key, path in folders.items()},
-            "store_processed": False,
-        },
-    }
 
 
 class ProcessorHolder:
@@ -64,6 +31,7 @@ class ProcessorHolder:
         self.worker = worker
         self._processor: BatchProcessor | None = None
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # a wake-up and the poll thread take turns
 
     def get(self) -> BatchProcessor:
         with self._lock:
@@ -83,6 +51,12 @@ class ProcessorHolder:
                 log.info("worker %s: ready", self._processor.worker_id)
             return self._processor
 
+    def drain(self) -> int:
+        """Settle every claimable image; a second caller waits, then finds what is left."""
+        processor = self.get()
+        with self._drain_lock:
+            return processor.drain()
+
     def close(self) -> None:
         with self._lock:
             if self._processor is not None:
@@ -97,26 +71,17 @@ def make_celery(
     settings = settings or Settings.from_env()
     worker_settings = worker_settings or WorkerSettings.from_env()
     app = Celery("inspector", set_as_current=False)
-    app.conf.update(
-        **broker_config(settings, worker_settings),
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        result_backend=None,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_default_queue=worker_settings.queue,
-    )
+    app.conf.update(celery_config(settings, worker_settings))
     holder = ProcessorHolder(settings, worker_settings)
     app.inspector_processors = holder  # for the CLI and tests
 
     @app.task(name=WAKE_TASK, ignore_result=True)
     def wake(job_id: str | None = None) -> int:
         """Drain every claimable image (not only ``job_id``'s): the database decides the order."""
-        processor = holder.get()
-        n = processor.drain()
-        log.info("wake-up for job %s: worker %s settled %d images", job_id, processor.worker_id, n)
+        n = holder.drain()
+        log.info(
+            "wake-up for job %s: worker %s settled %d images", job_id, holder.get().worker_id, n
+        )
         return n
 
     # Prefork children build the model and engine right after the fork, never in the parent;

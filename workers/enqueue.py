@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from workers.celery_app import WAKE_TASK
+from workers.broker import WAKE_TASK
 
 log = logging.getLogger(__name__)
 

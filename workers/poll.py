@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
-
-from workers.processing import BatchProcessor
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
-def run_poll_loop(processor: BatchProcessor, interval: float, stop_event: threading.Event) -> int:
-    """Drain, then wait ``interval`` seconds (or until ``stop_event``); returns images settled.
+def run_poll_loop(drain: Callable[[], int], interval: float, stop_event: threading.Event) -> int:
+    """Call ``drain`` (e.g. ``BatchProcessor.drain``), then wait ``interval`` seconds or until
+    ``stop_event``; returns the images settled.
 
     An error in one round (the database briefly away) is logged and the loop goes on.
     """
     total = 0
     while not stop_event.is_set():
         try:
-            total += processor.drain()
+            total += drain()
         except Exception:  # keep polling: the next round retries
-            log.exception("worker %s: poll round failed", processor.worker_id)
+            log.exception("poll round failed; retrying in %.0f s", interval)
         stop_event.wait(interval)
     return total

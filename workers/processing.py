@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +70,36 @@ def to_new_result(image_id: int, prediction: Prediction, classifier: Classifier)
         probabilities=prediction.probabilities,
         scale_probabilities=dict(prediction.scale_probabilities.items()),
     )
+
+
+@contextmanager
+def keep_leased(
+    engine: Engine, worker_id: str, image_ids: Sequence[int], lease_seconds: float
+) -> Iterator[None]:
+    """Renew the lease on ``image_ids`` every third of ``lease_seconds`` while the block runs.
+
+    A batch that outlasts its lease (a slow CPU, a huge frame tiled) is then not claimed by a
+    second worker; a worker that dies stops renewing, and its images are claimed again.
+    """
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                kept = queries.extend_lease(
+                    engine, worker_id=worker_id, image_ids=image_ids, lease_seconds=lease_seconds
+                )
+                log.debug("worker %s: renewed the lease on %d images", worker_id, len(kept))
+            except Exception:  # the next round retries; the lease may still be long enough
+                log.exception("worker %s: lease renewal failed", worker_id)
+
+    thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class BatchProcessor:
@@ -179,6 +211,11 @@ class BatchProcessor:
         groups: dict[str | None, list[ClaimedImage]] = defaultdict(list)
         for image in claimed:
             groups[image.model_name].append(image)
+        with keep_leased(self.engine, self.worker_id, [c.id for c in claimed], self.lease_seconds):
+            self._process_groups(groups)
+        return len(claimed)
+
+    def _process_groups(self, groups: dict[str | None, list[ClaimedImage]]) -> None:
         for model_name, group in groups.items():
             try:
                 self._process_group(model_name, group)
@@ -198,7 +235,6 @@ class BatchProcessor:
                     max_attempts=self.max_attempts,
                     permanent=False,
                 )
-        return len(claimed)
 
     def drain(self, max_batches: int | None = None) -> int:
         """``run_once`` until nothing is claimed (or ``max_batches``); returns images claimed."""
