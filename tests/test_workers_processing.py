@@ -236,3 +236,32 @@ def test_poll_loop_settles_a_job_without_any_wake_up(
         thread.join(30)
     assert not thread.is_alive() and settled == [3]
     assert [r.status for r in q.job_results(engine, job_id)] == ["done"] * 3
+
+
+def test_a_batch_longer_than_its_lease_keeps_it(
+    engine: Engine,
+    store_of: ModelStore,
+    demo_dirs: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease is renewed while a slow batch runs, so no second worker takes its images."""
+    paths = [p for p, _ in val_images(demo_dirs[1], per_class=1)[:2]]
+    job_id = q.create_job(engine, source="upload", files=[new_image(p) for p in paths])
+    predict = Classifier.predict
+    rival_claims: list[int] = []
+
+    def slow(self: Classifier, images: list, **kwargs: object) -> object:
+        time.sleep(2.5)  # four times the lease
+        rival_claims.append(rival.run_once())  # the rival finds nothing to take
+        return predict(self, images, **kwargs)
+
+    monkeypatch.setattr(Classifier, "predict", slow)
+    rival = processor(engine, store_of, lease_seconds=0.6)
+    worker = processor(engine, store_of, lease_seconds=0.6)
+    worker.classifier(None)  # loaded before the clock matters
+    assert worker.run_once() == 2
+    assert rival_claims == [0]
+    rows = q.job_results(engine, job_id)
+    assert [(r.status, r.attempts) for r in rows] == [("done", 1)] * 2
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(results)).scalar_one() == 2
