@@ -41,6 +41,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from service import watch
+    from workers.config import WorkerSettings
+
+    return watch.serve(settings, WorkerSettings.from_env())
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from service.run import run
     from service.settings import ServiceSettings
@@ -64,6 +71,11 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--host", help="default INSPECTOR_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, help="default INSPECTOR_PORT or 8000")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser(
+        "watch", help="watch folders (INSPECTOR_WATCH_CONFIG, INSPECTOR_WATCH_DIRS) for new images"
+    )
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("worker", help="a Celery worker running the classifier (one per GPU)")
     p.add_argument("--quiet", action="store_true", help="no start-up banner")

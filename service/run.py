@@ -70,22 +70,23 @@ def children(
     result = [Child("web", command(log_level, "web"), env)]
     for n in range(1, service.run_workers + 1):
         result.append(Child(f"worker-{n}", command(log_level, "worker", "--quiet"), env))
+    if service.run_watcher:
+        result.append(Child("watcher", command(log_level, "watch"), env))
     return result
 
 
-def banner(url: str, token: str, settings: Settings) -> str:
-    return "\n".join(
-        [
-            "",
-            f"Inspector is running at {url}",
-            f"  data:      {settings.data_dir.resolve()}",
-            f"  API token: {token}",
-            "  try:       curl -H 'Authorization: Bearer <token>' -F files=@part.png "
-            f"{url}/api/v1/jobs",
-            "Press Ctrl-C to stop.",
-            "",
-        ]
-    )
+def banner(url: str, token: str, settings: Settings, service: ServiceSettings) -> str:
+    lines = [
+        "",
+        f"Inspector is running at {url}",
+        f"  data:      {settings.data_dir.resolve()}",
+        f"  API token: {token}",
+        "  try:       curl -H 'Authorization: Bearer <token>' -F files=@part.png "
+        f"{url}/api/v1/jobs",
+    ]
+    if service.run_watcher:
+        lines.append("  or drop images into the watched folders (default: data/inbox)")
+    return "\n".join([*lines, "Press Ctrl-C to stop.", ""])
 
 
 def run(settings: Settings, service: ServiceSettings, *, log_level: str = "WARNING") -> int:
@@ -108,7 +109,7 @@ def run(settings: Settings, service: ServiceSettings, *, log_level: str = "WARNI
         supervisor.start()
         url = public_url(service)
         if wait_until_up(url, stop, HEALTH_WAIT_SECONDS):
-            print(banner(url, token, settings), flush=True)
+            print(banner(url, token, settings, service), flush=True)
         elif not stop.is_set():
             print(
                 f"warning: {url}/healthz did not answer within {HEALTH_WAIT_SECONDS:.0f} s; "

@@ -19,7 +19,8 @@ ENVIRONMENTS = ("development", "production")
 class ServiceSettings:
     """``INSPECTOR_HOST``/``INSPECTOR_PORT`` (127.0.0.1:8000), ``INSPECTOR_ENV`` (development),
     ``INSPECTOR_SECRET_KEY``, ``INSPECTOR_WEB_PROCESSES`` (2), ``INSPECTOR_WEB_THREADS`` (8),
-    ``INSPECTOR_RUN_WORKERS`` (1: workers ``inspector run`` starts)."""
+    ``INSPECTOR_RUN_WORKERS`` (1: workers ``inspector run`` starts), ``INSPECTOR_RUN_WATCHER``
+    (1: ``inspector run`` also starts ``inspector watch``; 0: not)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -28,6 +29,7 @@ class ServiceSettings:
     web_processes: int = 2
     web_threads: int = 8
     run_workers: int = 1
+    run_watcher: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -45,6 +47,7 @@ class ServiceSettings:
             web_processes=env_int(env, "INSPECTOR_WEB_PROCESSES", 2, minimum=1),
             web_threads=env_int(env, "INSPECTOR_WEB_THREADS", 8, minimum=1),
             run_workers=env_int(env, "INSPECTOR_RUN_WORKERS", 1, minimum=1),
+            run_watcher=env_int(env, "INSPECTOR_RUN_WATCHER", 1, minimum=0) > 0,
         )
 
     @property

@@ -12,7 +12,10 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from sqlalchemy import Engine
 
+from inspector.db import heartbeats
+from inspector.db.engine import make_engine
 from inspector.settings import Settings
 from service.settings import ServiceSettings
 from web.app import create_app
@@ -28,16 +31,35 @@ def build_app(
 ) -> Flask:
     """The Flask app with the wake-up and readiness checks of a real deployment."""
     producer = make_producer(settings, worker)
+    engine = make_engine(settings.database_url)
 
     def broker() -> str:
         return broker_ready(producer)
 
+    def workers() -> str:
+        return workers_ready(engine)
+
     return create_app(
         settings,
+        engine=engine,
         enqueue=make_enqueue(producer),
-        ready_checks=[broker],
+        ready_checks=[broker, workers],
         config={"SECRET_KEY": secret_key},
     )
+
+
+def workers_ready(engine: Engine) -> str:
+    """Names the live workers and their models; raises when none holds a model."""
+    live = heartbeats.live_workers(engine, within_seconds=heartbeats.STALE_SECONDS)
+    with_model = [w for w in live if w.models]
+    if not with_model:
+        seen = f"{len(live)} worker(s) up but none has loaded a model" if live else "no worker"
+        raise RuntimeError(
+            f"{seen} in the last {heartbeats.STALE_SECONDS:.0f} s: start one with "
+            "`inspector worker` and make sure the model store holds a model"
+        )
+    described = ", ".join(f"{w.id} ({'+'.join(w.models)} on {w.device})" for w in with_model)
+    return f"{len(with_model)} worker(s): {described}"
 
 
 class GunicornServer(BaseApplication):

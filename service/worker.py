@@ -15,13 +15,16 @@ import threading
 from inspector.settings import Settings
 from workers.celery_app import make_celery
 from workers.config import WorkerSettings
+from workers.heartbeat import run_heartbeat
 from workers.poll import run_poll_loop
 
 log = logging.getLogger(__name__)
 
 
 def celery_argv(name: str, log_level: str, quiet: bool) -> list[str]:
-    argv = [
+    argv = ["--quiet"] if quiet else []  # a global option of the celery command: before "worker"
+    return [
+        *argv,
         "worker",
         "--pool=solo",  # the model lives in this process; one worker process per device
         "--concurrency=1",
@@ -33,9 +36,6 @@ def celery_argv(name: str, log_level: str, quiet: bool) -> list[str]:
         "--without-gossip",
         "--without-mingle",
     ]
-    if quiet:
-        argv.append("--quiet")
-    return argv
 
 
 def serve(
@@ -49,21 +49,27 @@ def serve(
     """Run until Celery is told to stop (SIGTERM/SIGINT: finish the batch in hand, then exit)."""
     app = make_celery(settings, worker)
     holder = app.inspector_processors
-    holder.get()  # load the model and check the database now, not on the first image
+    processor = holder.get()  # check the database now
+    loaded = processor.preload()  # and load the model now, not on the first image
+    log.info("worker %s: ready with %s", processor.worker_id, loaded or "no model yet")
     stop = threading.Event()
-    poller = threading.Thread(
-        target=run_poll_loop,
-        args=(holder.drain, worker.poll_seconds, stop),
-        name="poll",
-        daemon=True,
-    )
-    poller.start()
+    threads = [
+        threading.Thread(
+            target=run_poll_loop,
+            args=(holder.drain, worker.poll_seconds, stop),
+            name="poll",
+            daemon=True,
+        ),
+        threading.Thread(target=run_heartbeat, args=(processor, stop), name="heartbeat"),
+    ]
+    for thread in threads:
+        thread.start()
+    hostname = name or f"inspector-{os.getpid()}@{socket.gethostname()}"
     try:
-        app.worker_main(
-            celery_argv(name or f"inspector-{os.getpid()}@{socket.gethostname()}", log_level, quiet)
-        )
+        app.worker_main(celery_argv(hostname, log_level, quiet))
     finally:
         stop.set()
-        poller.join(timeout=60)
+        for thread in threads:
+            thread.join(timeout=60)
         holder.close()
     return 0

@@ -24,7 +24,17 @@ from inspector.db.engine import (
 from inspector.db.errors import DatabaseRevisionError
 from inspector.errors import ConfigurationError
 
-TABLES = {"jobs", "images", "results", "api_tokens", "alembic_version"}
+TABLES = {
+    "jobs",
+    "images",
+    "results",
+    "api_tokens",
+    "watched_files",
+    "workers",
+    "cameras",
+    "camera_triggers",
+    "alembic_version",
+}
 
 
 def _differences(engine: Engine) -> list[object]:

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def run_env(request: pytest.FixtureRequest, tmp_path: Path, store_of: ModelStore
         "INSPECTOR_PORT": str(free_port()),
         "INSPECTOR_WEB_PROCESSES": "1",
         "INSPECTOR_POLL_SECONDS": "2",
+        "INSPECTOR_WATCH_STABILITY_SECONDS": "0.3",
     }
     with ExitStack() as stack:
         if request.param == "postgresql+redis":
@@ -101,6 +103,18 @@ class Stack:
         self.url = self.wait_for_log(r"Inspector is running at (\S+)", START_SECONDS)[1]
         self.token = self.wait_for_log(r"API token: (\S+)", 5)[1]
 
+    def wait_until_ready(self) -> dict:
+        deadline = time.monotonic() + START_SECONDS
+        body: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=10) as response:
+                    return dict(json.load(response))
+            except urllib.error.HTTPError as exc:
+                body = json.load(exc)
+            time.sleep(0.5)
+        raise AssertionError(f"not ready: {body}\n{self.log()[-4000:]}")
+
     def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "") -> dict:
         headers = {"Authorization": f"Bearer {self.token}"}
         if ctype:
@@ -124,9 +138,23 @@ class Stack:
             time.sleep(0.3)
         raise AssertionError(f"job {job_id} not finished: {job}\n{self.log()[-4000:]}")
 
+    def jobs_from(self, source: str) -> list[dict]:
+        return [j for j in self.request("GET", "/api/v1/jobs")["jobs"] if j["source"] == source]
+
+    def wait_for(self, probe: Callable[[], list], what: str) -> list:
+        deadline = time.monotonic() + JOB_SECONDS
+        while time.monotonic() < deadline:
+            found = probe()
+            if found:
+                return found
+            time.sleep(0.3)
+        raise AssertionError(f"no {what} in time\n{self.log()[-4000:]}")
+
     def pid_of(self, name: str, after: int = 0) -> tuple[int, int]:
-        found = self.wait_for_log(rf"started {name} \(pid (\d+)\)", START_SECONDS, after)
-        return int(found[1]), found.end()
+        """The pid of the newest start of ``name`` logged after offset ``after``."""
+        self.wait_for_log(rf"started {name} \(pid (\d+)\)", START_SECONDS, after)
+        *_, last = re.finditer(rf"started {name} \(pid (\d+)\)", self.log()[after:])
+        return int(last[1]), after + last.end()
 
 
 def alive(pid: int) -> bool:
@@ -147,8 +175,7 @@ def test_run_serves_a_batch_restarts_a_dead_worker_and_stops_cleanly(
     try:
         stack.wait_until_running()
         assert stack.url == f"http://127.0.0.1:{run_env['INSPECTOR_PORT']}"
-        health = urllib.request.urlopen(stack.url + "/readyz", timeout=10)
-        assert json.load(health)["status"] == "ok"
+        stack.wait_until_ready()  # the worker has loaded the model and said so
 
         job_id = stack.post_images(files)
         job = stack.wait_for_job(job_id)
@@ -182,8 +209,20 @@ def test_run_serves_a_batch_restarts_a_dead_worker_and_stops_cleanly(
             engine.dispose()
         assert (len(ids), n_results) == (len(files), len(picked))
 
+        # An image dropped into the inbox (written under a temporary name, then renamed) is
+        # found by the watcher and inspected like any other.
+        inbox = Path(run_env["INSPECTOR_DATA_DIR"]) / "inbox"
+        (inbox / "dropped.png.part").write_bytes(picked[0].read_bytes())
+        (inbox / "dropped.png.part").rename(inbox / "dropped.png")
+        watched = stack.wait_for(lambda: stack.jobs_from("watch"), "a job from the inbox")
+        done = stack.wait_for_job(watched[0]["id"])
+        assert (done["total"], done["counts"]["done"]) == (1, 1), done
+        [entry] = stack.request("GET", f"/api/v1/jobs/{done['id']}/results")["results"]
+        assert entry["filename"] == "dropped.png" and entry["label"] in entry["probabilities"]
+
         # A worker killed outright is started again, and the next job is served.
         worker_pid, seen = stack.pid_of("worker-1")
+        assert "exited with status" not in stack.log()  # nothing has died on its own so far
         os.kill(worker_pid, signal.SIGKILL)
         new_pid, _ = stack.pid_of("worker-1", after=seen)
         assert new_pid != worker_pid
@@ -191,10 +230,12 @@ def test_run_serves_a_batch_restarts_a_dead_worker_and_stops_cleanly(
         assert second["counts"]["done"] == 2
 
         web_pid, _ = stack.pid_of("web")
+        assert stack.log().count("exited with status") == 1  # only the killed one died
         stack.proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert stack.proc.wait(60) == 0, stack.log()[-4000:]
         assert "Inspector stopped." in stack.log()
-        assert not alive(new_pid) and not alive(web_pid)
+        watcher_pid, _ = stack.pid_of("watcher")
+        assert not alive(new_pid) and not alive(web_pid) and not alive(watcher_pid)
     finally:
         if stack.proc.poll() is None:
             stack.proc.kill()

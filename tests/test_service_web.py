@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from inspector.db import heartbeats
 from inspector.db.engine import make_engine, upgrade
 from inspector.settings import Settings
 from service.settings import ServiceSettings
@@ -24,8 +25,15 @@ def migrated(tmp_path: Path) -> Settings:
     return settings
 
 
+def alive(settings: Settings, models: list[str]) -> None:
+    engine = make_engine(settings.database_url)
+    heartbeats.beat(engine, worker_id="w1", hostname="h", pid=1, device="cpu", models=models)
+    engine.dispose()
+
+
 def test_the_production_app_imports_no_torch_and_checks_the_folder_queue(tmp_path: Path) -> None:
-    migrated(tmp_path)
+    settings = migrated(tmp_path)
+    alive(settings, ["demo:1"])
     code = (
         "import json, sys\n"
         "from inspector.settings import Settings\n"
@@ -45,6 +53,21 @@ def test_the_production_app_imports_no_torch_and_checks_the_folder_queue(tmp_pat
     body = json.loads(done.stdout.strip().splitlines()[-1])
     assert body["status"] == "ok", body
     assert body["checks"]["broker"]["detail"].startswith("filesystem:")
+    assert body["checks"]["workers"]["detail"] == "1 worker(s): w1 (demo:1 on cpu)"
+
+
+def test_readyz_fails_without_a_worker_holding_a_model(tmp_path: Path) -> None:
+    settings = migrated(tmp_path)
+    app = build_app(settings, ServiceSettings(), WorkerSettings(), "k" * 32)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and response.json["failed"] == ["workers"]
+    assert "no worker in the last 20 s" in response.json["checks"]["workers"]["detail"]
+    alive(settings, [])  # up, but its model did not load
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert "none has loaded a model" in response.json["checks"]["workers"]["detail"]
+    alive(settings, ["demo:1"])
+    assert app.test_client().get("/readyz").status_code == 200
 
 
 def test_an_unreachable_broker_makes_readyz_fail(tmp_path: Path) -> None:
@@ -53,7 +76,7 @@ def test_an_unreachable_broker_makes_readyz_fail(tmp_path: Path) -> None:
     app = build_app(settings, ServiceSettings(), worker, "k" * 32)
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.json["failed"] == ["broker"]
+    assert response.json["failed"] == ["broker", "workers"]
     assert response.json["checks"]["database"]["ok"]
 
 

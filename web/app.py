@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from inspector.db.engine import make_engine
 from inspector.settings import Settings
-from web import api, health, metrics
+from web import api, cameras, health, metrics
 from web.config import WebSettings
 from web.errors import register_error_handlers
 from web.metrics import WebMetrics
@@ -79,4 +79,5 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(cameras.bp)
     return app

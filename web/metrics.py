@@ -12,14 +12,15 @@ from collections.abc import Iterable
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspector.db.engine import READ_ONLY
-from inspector.db.schema import IMAGE_STATUSES, OPEN_STATUSES, images
+from inspector.db.schema import IMAGE_STATUSES, OPEN_STATUSES, images, utcnow
+from inspector.sources import camera_db
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,64 @@ class DatabaseCollector(Collector):
         return [up, depth, by_status]
 
 
+class CameraCollector(Collector):
+    """Each camera's state as its capture process last wrote it, read when Prometheus scrapes
+    (the cameras run in the ``inspector watch`` process, not here)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterable[Metric]:  # without it, registering would query the database
+        return [
+            GaugeMetricFamily("inspector_camera_connected", "", labels=["camera"]),
+            CounterMetricFamily("inspector_camera_frames_captured", "", labels=["camera"]),
+            CounterMetricFamily("inspector_camera_frames_read", "", labels=["camera"]),
+            CounterMetricFamily("inspector_camera_errors", "", labels=["camera"]),
+            GaugeMetricFamily("inspector_camera_seconds_since_last_frame", "", labels=["camera"]),
+        ]
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            states = camera_db.list_cameras(self.engine)
+        except SQLAlchemyError as exc:  # inspector_database_up says so already
+            log.debug("metrics: cameras not read: %s", exc)
+            return []
+        now = utcnow()
+        connected = GaugeMetricFamily(
+            "inspector_camera_connected",
+            "Whether the camera delivers frames (0 when its capture process is stopped or lost)",
+            labels=["camera"],
+        )
+        captured = CounterMetricFamily(
+            "inspector_camera_frames_captured",
+            "Frames stored as images (jobs), over all runs",
+            labels=["camera"],
+        )
+        read = CounterMetricFamily(
+            "inspector_camera_frames_read", "Frames read from the camera", labels=["camera"]
+        )
+        errors = CounterMetricFamily(
+            "inspector_camera_errors",
+            "Failed opens, dropped streams, frames not stored, triggers not served",
+            labels=["camera"],
+        )
+        since = GaugeMetricFamily(
+            "inspector_camera_seconds_since_last_frame",
+            "Seconds since the camera's last frame was read (absent before its first)",
+            labels=["camera"],
+        )
+        for state in states:
+            labels = [state.id]
+            connected.add_metric(labels, 1 if state.is_connected(now) else 0)
+            captured.add_metric(labels, state.frames_captured)
+            read.add_metric(labels, state.frames_read)
+            errors.add_metric(labels, state.errors)
+            seconds = state.seconds_since_last_frame(now)
+            if seconds is not None:
+                since.add_metric(labels, seconds)
+        return [connected, captured, read, errors, since]
+
+
 class WebMetrics:
     """The metrics of one app and the registry they are exposed from."""
 
@@ -98,6 +157,7 @@ class WebMetrics:
             "inspector_jobs_created", "Jobs created, by source", ["source"], registry=self.registry
         )
         self.registry.register(DatabaseCollector(engine))
+        self.registry.register(CameraCollector(engine))
 
     def job_created(self, source: str, n_images: int) -> None:
         self.jobs_created.labels(source=source).inc()

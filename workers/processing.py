@@ -190,6 +190,21 @@ class BatchProcessor:
         self._cache[name] = _Loaded(classifier, production, now)
         return classifier
 
+    def loaded_models(self) -> list[str]:
+        """``name:version`` of every classifier this process holds."""
+        return sorted(
+            {f"{c.classifier.meta.name}:{c.classifier.meta.version}" for c in self._cache.values()}
+        )
+
+    def preload(self) -> str | None:
+        """Load the default model now (not on the first image); None when there is none."""
+        try:
+            meta = self.classifier(None).meta
+        except UnknownModelError as exc:
+            log.warning("worker %s: no model loaded at start: %s", self.worker_id, exc)
+            return None
+        return f"{meta.name}:{meta.version}"
+
     # -- batches -------------------------------------------------------------------------------
     def run_once(self) -> int:
         """Claim up to ``batch_size`` images and settle each one; returns how many were claimed."""

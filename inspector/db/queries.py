@@ -11,7 +11,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Insert,
     Row,
     and_,
+    bindparam,
     func,
     insert,
     or_,
@@ -92,47 +93,17 @@ def create_job(
     model_name: str | None = None,
 ) -> str:
     """Insert a job and all its images (queued) in one transaction; returns the job id."""
-    if source not in JOB_SOURCES:
-        raise ConfigurationError(
-            f"unknown job source {source!r}: expected one of {', '.join(JOB_SOURCES)}"
-        )
-    if not files:
-        raise ConfigurationError("a job needs at least one image, got none")
-    job_id = uuid.uuid4().hex
-    now = utcnow()
     with _write(engine) as conn:
-        conn.execute(
-            insert(jobs).values(
-                id=job_id,
-                created_at=now,
-                source=source,
-                line=line,
-                camera=camera,
-                lot=lot,
-                priority=priority,
-                model_name=model_name,
-                total_images=len(files),
-            )
+        job_id, _ = insert_job(
+            conn,
+            source=source,
+            files=files,
+            line=line,
+            camera=camera,
+            lot=lot,
+            priority=priority,
+            model_name=model_name,
         )
-        conn.execute(
-            insert(images),
-            [
-                {
-                    "job_id": job_id,
-                    "filename": f.filename,
-                    "stored_path": f.stored_path,
-                    "sha256": f.sha256,
-                    "size_bytes": f.size_bytes,
-                    "priority": priority,
-                    "status": "queued",
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for f in files
-            ],
-        )
-    log.info("job %s: %d images queued (source %s)", job_id, len(files), source)
     return job_id
 
 
@@ -155,6 +126,91 @@ def _finish_jobs(conn: Connection, job_ids: Iterable[str], now: datetime) -> Non
         .where(jobs.c.id.in_(ids), jobs.c.finished_at.is_(None), ~still_open)
         .values(finished_at=now, started_at=func.coalesce(jobs.c.started_at, now))
     )
+
+
+def insert_job(
+    conn: Connection,
+    *,
+    source: str,
+    files: Sequence[NewImage],
+    errors: Mapping[int, str] | None = None,
+    line: str | None = None,
+    camera: str | None = None,
+    lot: str | None = None,
+    priority: int = 0,
+    model_name: str | None = None,
+) -> tuple[str, list[int]]:
+    """``create_job`` inside the caller's transaction, so other rows can commit with the job.
+
+    Returns the job id and its image ids in the order of ``files``. ``errors`` maps an index
+    of ``files`` to the reason it cannot be inspected (the intake could not read it): that
+    image is recorded as an error at once, and a job of such images alone is finished.
+    """
+    if source not in JOB_SOURCES:
+        raise ConfigurationError(
+            f"unknown job source {source!r}: expected one of {', '.join(JOB_SOURCES)}"
+        )
+    if not files:
+        raise ConfigurationError("a job needs at least one image, got none")
+    failed = dict(errors or {})
+    job_id = uuid.uuid4().hex
+    now = utcnow()
+    conn.execute(
+        insert(jobs).values(
+            id=job_id,
+            created_at=now,
+            source=source,
+            line=line,
+            camera=camera,
+            lot=lot,
+            priority=priority,
+            model_name=model_name,
+            total_images=len(files),
+        )
+    )
+    image_ids = (
+        conn.execute(
+            insert(images).returning(images.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "job_id": job_id,
+                    "filename": f.filename,
+                    "stored_path": f.stored_path,
+                    "sha256": f.sha256,
+                    "size_bytes": f.size_bytes,
+                    "priority": priority,
+                    "status": "error" if n in failed else "queued",
+                    "error": failed.get(n),
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for n, f in enumerate(files)
+            ],
+        )
+        .scalars()
+        .all()
+    )
+    if failed:
+        _finish_jobs(conn, [job_id], now)
+    log.info(
+        "job %s: %d images queued, %d refused at intake (source %s)",
+        job_id,
+        len(files) - len(failed),
+        len(failed),
+        source,
+    )
+    return job_id, list(image_ids)
+
+
+def set_stored_paths(conn: Connection, paths: Mapping[int, str]) -> None:
+    """Point images at the new places of their files (moved after inspection), inside the
+    caller's transaction, so that an image's file can still be served."""
+    if paths:
+        conn.execute(
+            update(images).where(images.c.id == bindparam("image_id")),
+            [{"image_id": image_id, "stored_path": path} for image_id, path in paths.items()],
+        )
 
 
 # -- claiming and leases -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -39,6 +40,10 @@ NAMING_CONVENTION = {
 JOB_SOURCES = ("upload", "paths", "inspect", "watch", "camera")
 IMAGE_STATUSES = ("queued", "running", "done", "error")
 OPEN_STATUSES = ("queued", "running")
+# A watched file: waiting for its image's verdict, its after-inspection action under way
+# (current_path already names the target), or settled.
+WATCHED_FILE_STATES = ("pending", "acting", "settled")
+AFTER_ACTIONS = ("leave", "move", "delete")
 
 
 def utcnow() -> datetime:
@@ -151,4 +156,99 @@ api_tokens = Table(
     Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
     Column("last_used_at", UTCDateTime()),
     Column("revoked_at", UTCDateTime()),
+)
+
+# The watched-folder ledger: every file a watcher took (or recognised as a copy of one it took),
+# so that no file is inspected twice, whatever the restarts, rescans and duplicate events.
+watched_files = Table(
+    "watched_files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("folder", String(1024), nullable=False),  # the watched folder it was found in
+    Column("path", String(1024), nullable=False),  # where it was found
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),  # empty when the file could not be read
+    # The image that inspected this content; for a duplicate, the earlier file's image.
+    Column("image_id", ForeignKey("images.id"), nullable=False, index=True),
+    Column("duplicate", Boolean, nullable=False, default=False),
+    Column("state", String(16), nullable=False, default="pending"),
+    Column("action", String(16)),  # chosen once the verdict is in: leave, move or delete
+    Column("current_path", String(1024)),  # where the file is (or is going); NULL: deleted
+    Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("settled_at", UTCDateTime()),
+    CheckConstraint(_in("state", WATCHED_FILE_STATES), name="state"),
+    CheckConstraint(f"action IS NULL OR {_in('action', AFTER_ACTIONS)}", name="action"),
+    Index(None, "folder", "sha256"),
+    Index(None, "folder", "state"),
+)
+
+# Workers report here every few seconds: which models they hold, on which device. /readyz and
+# /metrics read it; a worker not seen for a while is gone (its leases expire on their own).
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(128), primary_key=True),  # host:pid:random, as in images.lease_owner
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("device", String(32), nullable=False),
+    Column("models", JSON, nullable=False),  # ["name:version", ...] loaded in this process
+    Column("started_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("last_seen_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("stopped_at", UTCDateTime()),
+    Index(None, "last_seen_at"),
+)
+
+# Cameras: one row per configured camera, written by the capture process (``inspector watch``)
+# that runs it; the web and /metrics only read it. Counters add up over restarts.
+CAMERA_MODES = ("interval", "every_nth", "trigger")
+# starting: registered, not open yet; retrying: waiting to open again after a failure or a
+# drop; ended: a video file reached its end; stopped: its capture process stopped cleanly.
+CAMERA_STATUSES = ("starting", "connected", "retrying", "ended", "stopped")
+
+cameras = Table(
+    "cameras",
+    metadata,
+    Column("id", String(128), primary_key=True),  # also jobs.camera of its frames
+    Column("source", String(1024), nullable=False),  # URL (password hidden), device or file
+    Column("mode", String(16), nullable=False),
+    Column("interval_seconds", Float),  # mode interval
+    Column("every_nth", Integer),  # mode every_nth
+    Column("line", String(128)),
+    Column("lot", String(128)),
+    Column("owner", String(128), nullable=False),  # host:pid of the capture process
+    Column("status", String(16), nullable=False, default="starting"),
+    Column("connected", Boolean, nullable=False, default=False),
+    Column("connected_at", UTCDateTime()),
+    Column("last_frame_at", UTCDateTime()),  # last frame read from the camera
+    Column("last_capture_at", UTCDateTime()),  # last frame stored as an image
+    Column("frames_read", BigInteger, nullable=False, default=0),
+    Column("frames_captured", BigInteger, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),  # in a row, reset by a frame
+    Column("retry_seconds", Float),  # the current back-off while retrying
+    Column("next_retry_at", UTCDateTime()),
+    Column("last_error", Text),
+    Column("last_error_at", UTCDateTime()),
+    Column("started_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("updated_at", UTCDateTime(), nullable=False, default=utcnow),  # also a heartbeat
+    Column("stopped_at", UTCDateTime()),
+    CheckConstraint(_in("mode", CAMERA_MODES), name="mode"),
+    CheckConstraint(_in("status", CAMERA_STATUSES), name="status"),
+)
+
+# A trigger asks a camera's capture process for one frame now (a PLC, a light barrier). The web
+# inserts it; a capture process takes it once (a conditional UPDATE), stores the frame as a job.
+camera_triggers = Table(
+    "camera_triggers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("camera_id", ForeignKey("cameras.id"), nullable=False),
+    Column("requested_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("requested_by", String(128)),  # the API token's name
+    Column("taken_at", UTCDateTime()),
+    Column("taken_by", String(128)),  # cameras.owner of the process that took it
+    Column("job_id", ForeignKey("jobs.id")),  # the job of its frame
+    Column("error", Text),  # why it got no frame (expired, camera down, ...)
+    Index(None, "camera_id", "taken_at"),
 )

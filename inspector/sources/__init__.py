@@ -1,0 +1,1 @@
+"""Image sources other than the REST intake: watched folders (``run_watch``)."""
