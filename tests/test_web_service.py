@@ -14,6 +14,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
+from inspector.db import heartbeats
 from inspector.db import queries as q
 from inspector.db.engine import upgrade
 from inspector.db.testing import (
@@ -167,6 +168,10 @@ def test_metrics_count_requests_jobs_and_the_queue(svc: WebService) -> None:
     assert got[("inspector_images", (("status", "error"),))] == 1
     assert got[("inspector_images", (("status", "done"),))] == 0
     assert got[("inspector_database_up", ())] == 1
+    assert got[("inspector_workers_alive", ())] == 0
+    heartbeats.beat(svc.engine, worker_id="w", hostname="h", pid=1, device="cpu", models=["m:1"])
+    got = samples(client.get("/metrics").get_data(as_text=True))
+    assert got[("inspector_workers_alive", ())] == 1
 
 
 def test_two_apps_keep_their_own_metrics(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from inspector.db import heartbeats
 from inspector.db.engine import READ_ONLY
 from inspector.db.schema import IMAGE_STATUSES, OPEN_STATUSES, images, utcnow
 from inspector.sources import camera_db
@@ -38,6 +39,7 @@ class DatabaseCollector(Collector):
             GaugeMetricFamily("inspector_database_up", ""),
             GaugeMetricFamily("inspector_queue_depth", ""),
             GaugeMetricFamily("inspector_images", "", labels=["status"]),
+            GaugeMetricFamily("inspector_workers_alive", ""),
         ]
 
     def _counts(self) -> dict[str, int]:
@@ -69,7 +71,18 @@ class DatabaseCollector(Collector):
         )
         for status in IMAGE_STATUSES:
             by_status.add_metric([status], counts.get(status, 0))
-        return [up, depth, by_status]
+        alive = GaugeMetricFamily(
+            "inspector_workers_alive",
+            "Workers with a model loaded that reported in the last "
+            f"{heartbeats.STALE_SECONDS:.0f} s",
+        )
+        try:
+            live = heartbeats.live_workers(self.engine, within_seconds=heartbeats.STALE_SECONDS)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: workers not readable: %s", exc)
+            return [up, depth, by_status]
+        alive.add_metric([], sum(1 for w in live if w.models))
+        return [up, depth, by_status, alive]
 
 
 class CameraCollector(Collector):
