@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -89,8 +90,29 @@ def banner(url: str, token: str, settings: Settings, service: ServiceSettings) -
     return "\n".join([*lines, "Press Ctrl-C to stop.", ""])
 
 
+def port_problem(service: ServiceSettings) -> str | None:
+    """Why the web could not listen on host:port (taken, or not an address here), or None."""
+    try:
+        infos = socket.getaddrinfo(service.host, service.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {service.host}:{service.port}: {exc.strerror or exc}"
+    return None
+
+
 def run(settings: Settings, service: ServiceSettings, *, log_level: str = "WARNING") -> int:
     secret_key = service.secret(settings.data_dir)
+    problem = port_problem(service)
+    if problem:
+        print(
+            f"error: {problem}; is Inspector already running? Set INSPECTOR_PORT to use "
+            "another port.",
+            file=sys.stderr,
+        )
+        return 2
     status = subprocess.call(command(log_level, "setup"))
     if status != 0:
         print(f"error: setup failed (exit status {status}); nothing started", file=sys.stderr)

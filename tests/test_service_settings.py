@@ -55,3 +55,17 @@ def test_development_keeps_one_private_secret(tmp_path: Path) -> None:
     assert service.secret(tmp_path) == first  # the same key on the next start
     mode = stat.S_IMODE((tmp_path / "secret_key").stat().st_mode)
     assert mode == 0o600
+
+
+def test_run_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    from service.run import port_problem
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        problem = port_problem(ServiceSettings(port=port))
+        assert problem is not None and f"127.0.0.1:{port}" in problem
+    assert port_problem(ServiceSettings(port=port)) is None  # free again
