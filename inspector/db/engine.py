@@ -6,7 +6,8 @@ Nothing connects until a function here is called with a URL or an engine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,22 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option: on SQLite, begin with a plain (deferred) BEGIN, for transactions that only
 # read; every other transaction takes the write lock at BEGIN IMMEDIATE.
 READ_ONLY = "inspector_read_only"
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """One write transaction (on SQLite ``BEGIN IMMEDIATE``: the write lock up front)."""
+    with engine.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """One read-only transaction (on SQLite a plain ``BEGIN``, taking no write lock)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY: True})
+        with conn.begin():
+            yield conn
 
 
 def default_database_url(environ: Mapping[str, str] | None = None) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, insert, select, update
 
-from inspector.db.engine import READ_ONLY
+from inspector.db.engine import reading, writing
 from inspector.db.schema import utcnow, workers
 
 # A worker not heard from for this long is taken for gone (workers beat every 5 s).
@@ -43,7 +43,7 @@ def beat(
     """Record that ``worker_id`` is alive now, holding ``models``."""
     now = now or utcnow()
     values = {"device": device, "models": list(models), "last_seen_at": now, "stopped_at": None}
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         updated = conn.execute(
             update(workers).where(workers.c.id == worker_id).values(**values)
         ).rowcount
@@ -57,7 +57,7 @@ def beat(
 
 def stopped(engine: Engine, worker_id: str, *, now: datetime | None = None) -> None:
     """``worker_id`` shut down cleanly: it no longer counts as alive."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(
             update(workers).where(workers.c.id == worker_id).values(stopped_at=now or utcnow())
         )
@@ -68,14 +68,12 @@ def live_workers(
 ) -> list[WorkerRecord]:
     """Workers seen in the last ``within_seconds`` that have not stopped, newest first."""
     since = (now or utcnow()) - timedelta(seconds=within_seconds)
-    with engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY: True})
-        with conn.begin():
-            rows = conn.execute(
-                select(workers)
-                .where(workers.c.last_seen_at >= since, workers.c.stopped_at.is_(None))
-                .order_by(workers.c.last_seen_at.desc())
-            ).all()
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(workers)
+            .where(workers.c.last_seen_at >= since, workers.c.stopped_at.is_(None))
+            .order_by(workers.c.last_seen_at.desc())
+        ).all()
     return [
         WorkerRecord(
             id=r.id,

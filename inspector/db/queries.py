@@ -11,8 +11,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from inspector.db.engine import READ_ONLY
+from inspector.db.engine import reading, writing
 from inspector.db.records import (
     ClaimedImage,
     ImageRecord,
@@ -62,20 +61,6 @@ JOB_STATUSES = ("queued", "running", "finished")
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=60)
 
 
-@contextmanager
-def _write(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as conn:  # on SQLite: BEGIN IMMEDIATE, the write lock at once
-        yield conn
-
-
-@contextmanager
-def _read(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY: True})
-        with conn.begin():
-            yield conn
-
-
 def _now(now: datetime | None) -> datetime:
     return utcnow() if now is None else as_utc(now)
 
@@ -93,7 +78,7 @@ def create_job(
     model_name: str | None = None,
 ) -> str:
     """Insert a job and all its images (queued) in one transaction; returns the job id."""
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         job_id, _ = insert_job(
             conn,
             source=source,
@@ -283,7 +268,7 @@ def claim_images(
         raise ConfigurationError(f"lease_seconds must be positive, got {lease_seconds}")
     now = _now(now)
     expires = now + timedelta(seconds=lease_seconds)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         if max_attempts is not None:
             _fail_exhausted(conn, now, max_attempts)
         ids = (
@@ -354,7 +339,7 @@ def extend_lease(
 ) -> list[int]:
     """Push back the lease of the images ``worker_id`` still holds; returns their ids."""
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         return sorted(
             conn.execute(
                 update(images)
@@ -379,7 +364,7 @@ def release_expired(
     With ``max_attempts``, those that have had their attempts go to error instead.
     """
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         failed = _fail_exhausted(conn, now, max_attempts) if max_attempts is not None else 0
         expired = (
             conn.execute(select(images.c.id).where(_expired(now)).with_for_update(skip_locked=True))
@@ -431,7 +416,7 @@ def record_results(
     if not wanted:
         return 0
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         owned = conn.execute(
             update(images)
             .where(_leased(wanted, worker_id))
@@ -492,7 +477,7 @@ def record_errors(
     now = _now(now)
     reasons = dict(errors)
     job_ids: set[str] = set()
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         rows = conn.execute(
             select(images.c.id, images.c.job_id, images.c.attempts)
             .where(_leased(reasons, worker_id))
@@ -581,7 +566,7 @@ def _newest_result() -> ColumnElement[bool]:
 
 def job_summary(engine: Engine, job_id: str) -> JobSummary | None:
     """A job with its counts by status, or None if there is no such job."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         return None if row is None else _summaries(conn, [row])[0]
 
@@ -611,7 +596,7 @@ def list_jobs(
         query = query.where(jobs.c.line == line)
     if since is not None:
         query = query.where(jobs.c.created_at >= as_utc(since))
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         rows = conn.execute(query.limit(limit).offset(offset)).all()
         return _summaries(conn, rows)
 
@@ -642,7 +627,7 @@ def job_results(engine: Engine, job_id: str) -> list[ImageResult]:
         .where(images.c.job_id == job_id)
         .order_by(images.c.id)
     )
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         rows = conn.execute(query).all()
     return [
         ImageResult(
@@ -652,20 +637,7 @@ def job_results(engine: Engine, job_id: str) -> list[ImageResult]:
             status=row.status,
             attempts=row.attempts,
             error=row.error,
-            result=None
-            if row.result_id is None
-            else StoredResult(
-                model_name=row.model_name,
-                model_version=row.model_version,
-                label=row.label,
-                confidence=row.confidence,
-                defect_score=row.defect_score,
-                is_defect=bool(row.is_defect),
-                flagged=bool(row.flagged),
-                probabilities=row.probabilities,
-                scale_probabilities=row.scale_probabilities,
-                created_at=row.created_at,
-            ),
+            result=StoredResult.of_row(row, row.created_at),
         )
         for row in rows
     ]
@@ -673,14 +645,14 @@ def job_results(engine: Engine, job_id: str) -> list[ImageResult]:
 
 def get_image(engine: Engine, image_id: int) -> ImageRecord | None:
     """One image row, or None."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         row = conn.execute(select(images).where(images.c.id == image_id)).mappings().first()
     return None if row is None else ImageRecord(**row)
 
 
 def queue_depth(engine: Engine) -> int:
     """Images waiting or being classified."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         return int(
             conn.execute(
                 select(func.count()).select_from(images).where(images.c.status.in_(OPEN_STATUSES))
@@ -709,7 +681,7 @@ def create_token(engine: Engine, name: str) -> str:
         "revoked_at": None,
     }
     try:
-        with _write(engine) as conn:
+        with writing(engine) as conn:
             replaced = conn.execute(
                 update(api_tokens)
                 .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_not(None))
@@ -729,7 +701,7 @@ def verify_token(engine: Engine, token: str, *, now: datetime | None = None) -> 
     """The name of the active token ``token``, or None; notes when it was last used."""
     now = _now(now)
     digest = _token_hash(token)
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         row = conn.execute(
             select(api_tokens.c.name, api_tokens.c.last_used_at).where(
                 api_tokens.c.token_hash == digest, api_tokens.c.revoked_at.is_(None)
@@ -738,7 +710,7 @@ def verify_token(engine: Engine, token: str, *, now: datetime | None = None) -> 
     if row is None:
         return None
     if row.last_used_at is None or now - row.last_used_at >= TOKEN_TOUCH_INTERVAL:
-        with _write(engine) as conn:
+        with writing(engine) as conn:
             conn.execute(
                 update(api_tokens).where(api_tokens.c.token_hash == digest).values(last_used_at=now)
             )
@@ -747,7 +719,7 @@ def verify_token(engine: Engine, token: str, *, now: datetime | None = None) -> 
 
 def revoke_token(engine: Engine, name: str) -> bool:
     """Revoke the active token ``name``; False if there is none."""
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         revoked = conn.execute(
             update(api_tokens)
             .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))

@@ -65,6 +65,24 @@ class StoredResult:
     scale_probabilities: dict[str, dict[str, float]]
     created_at: datetime
 
+    @classmethod
+    def of_row(cls, row: Any, created_at: datetime) -> StoredResult | None:
+        """The result columns of a row of images outer-joined with results (None: no result)."""
+        if row.result_id is None:
+            return None
+        return cls(
+            model_name=row.model_name,
+            model_version=row.model_version,
+            label=row.label,
+            confidence=row.confidence,
+            defect_score=row.defect_score,
+            is_defect=bool(row.is_defect),
+            flagged=bool(row.flagged),
+            probabilities=row.probabilities,
+            scale_probabilities=row.scale_probabilities,
+            created_at=created_at,
+        )
+
 
 @dataclass(frozen=True)
 class ImageRecord:

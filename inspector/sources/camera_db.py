@@ -10,8 +10,7 @@ capture processes polling for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from inspector.db.engine import READ_ONLY
+from inspector.db.engine import reading, writing
 from inspector.db.queries import insert_job
 from inspector.db.records import NewImage
 from inspector.db.schema import as_utc, camera_triggers, cameras, utcnow
@@ -32,20 +31,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
 LOST_AFTER = timedelta(seconds=30)
 TRIGGER_STATUSES = ("pending", "taken", "captured", "failed")
-
-
-@contextmanager
-def _write(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (see inspector.db.engine)
-        yield conn
-
-
-@contextmanager
-def _read(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY: True})
-        with conn.begin():
-            yield conn
 
 
 def _now(now: datetime | None) -> datetime:
@@ -229,7 +214,7 @@ def register_camera(
         "updated_at": now,
         "stopped_at": None,
     }
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         statement = _upsert(conn).values(
             id=camera_id, frames_read=0, frames_captured=0, errors=0, **config, **run
         )
@@ -249,7 +234,7 @@ def update_camera(
     """Write ``values`` (columns of ``cameras``) and add to the read and error counters, on the
     row ``owner`` registered; False when that row is gone or another process took it over."""
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         updated = conn.execute(
             update(cameras)
             .where(cameras.c.id == camera_id, cameras.c.owner == owner)
@@ -270,7 +255,7 @@ def mark_cameras_stopped(
     if not camera_ids:
         return 0
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         return int(
             conn.execute(
                 update(cameras)
@@ -303,7 +288,7 @@ def insert_camera_frame(
     """One transaction: a job (source "camera") with the stored frame as its image, the
     camera's capture counter and time, and the trigger that asked for it; returns the job id."""
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         job_id, _ = insert_job(
             conn,
             source="camera",
@@ -336,7 +321,7 @@ def pending_triggers(engine: Engine, camera_ids: Sequence[str]) -> list[PendingT
     """Triggers not taken yet for ``camera_ids``, oldest first."""
     if not camera_ids:
         return []
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             select(
                 camera_triggers.c.id, camera_triggers.c.camera_id, camera_triggers.c.requested_at
@@ -361,7 +346,7 @@ def take_trigger(
     """Take the trigger if no one has: True for exactly one caller. With ``error``, it is
     taken as failed at once (expired, say)."""
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         # The condition is re-checked on the row itself: on PostgreSQL a second UPDATE waits
         # for the first to commit and then finds taken_at set; SQLite lets one writer in.
         taken = conn.execute(
@@ -374,7 +359,7 @@ def take_trigger(
 
 def fail_trigger(engine: Engine, trigger_id: int, error: str) -> None:
     """Note why a taken trigger got no frame."""
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         conn.execute(
             update(camera_triggers)
             .where(camera_triggers.c.id == trigger_id, camera_triggers.c.job_id.is_(None))
@@ -398,13 +383,13 @@ def _states(conn: Connection, camera_id: str | None = None) -> list[CameraState]
 
 def list_cameras(engine: Engine) -> list[CameraState]:
     """Every camera ever registered, by id."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         return _states(conn)
 
 
 def get_camera(engine: Engine, camera_id: str) -> CameraState | None:
     """One camera's state, or None."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         found = _states(conn, camera_id)
     return found[0] if found else None
 
@@ -418,7 +403,7 @@ def create_trigger(
 ) -> CameraTrigger:
     """Ask the camera's capture process for a frame now; raises ``UnknownCameraError``."""
     now = _now(now)
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         known = conn.execute(select(cameras.c.id).where(cameras.c.id == camera_id)).first()
         if known is None:
             raise UnknownCameraError(f"no camera {camera_id!r}")
@@ -437,7 +422,7 @@ def create_trigger(
 
 def get_trigger(engine: Engine, camera_id: str, trigger_id: int) -> CameraTrigger | None:
     """One trigger of the camera, or None."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         row = (
             conn.execute(
                 select(camera_triggers).where(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 
-from inspector.db.engine import READ_ONLY
+from inspector.db.engine import reading, writing
 from inspector.db.queries import insert_job, set_stored_paths
 from inspector.db.records import NewImage, StoredResult
 from inspector.db.schema import images, jobs, results, utcnow, watched_files
@@ -86,20 +85,6 @@ class SettledFile:
     found_at: datetime
 
 
-@contextmanager
-def _write(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (see inspector.db.engine)
-        yield conn
-
-
-@contextmanager
-def _read(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        conn.execution_options(**{READ_ONLY: True})
-        with conn.begin():
-            yield conn
-
-
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start : start + _IN_CHUNK]
@@ -108,7 +93,7 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 def known_files(engine: Engine, folder: WatchFolder) -> dict[str, tuple[int, int]]:
     """Path -> (size, mtime_ns) of the files the ledger holds from ``folder`` and where they
     are now; a file still there with the same size and time is not looked at again."""
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             select(
                 watched_files.c.current_path, watched_files.c.size_bytes, watched_files.c.mtime_ns
@@ -149,7 +134,7 @@ def take_files(engine: Engine, folder: WatchFolder, found: Sequence[FoundFile]) 
     if not found:
         return TakenFiles(None, 0, 0)
     now = utcnow()
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         _lock_folder(conn, folder)
         earlier = _earlier_images(conn, folder, [f.sha256 for f in found if f.sha256])
         new: list[FoundFile] = []
@@ -276,7 +261,7 @@ def settled_files(engine: Engine, folder: WatchFolder, *, limit: int = 500) -> l
         .order_by(watched_files.c.id)
         .limit(limit)
     )
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         rows = conn.execute(query).all()
     return [
         SettledFile(
@@ -297,20 +282,7 @@ def settled_files(engine: Engine, folder: WatchFolder, *, limit: int = 500) -> l
             camera=row.camera,
             lot=row.lot,
             found_at=row.found_at,
-            result=None
-            if row.result_id is None
-            else StoredResult(
-                model_name=row.model_name,
-                model_version=row.model_version,
-                label=row.label,
-                confidence=row.confidence,
-                defect_score=row.defect_score,
-                is_defect=bool(row.is_defect),
-                flagged=bool(row.flagged),
-                probabilities=row.probabilities,
-                scale_probabilities=row.scale_probabilities,
-                created_at=row.result_at,
-            ),
+            result=StoredResult.of_row(row, row.result_at),
         )
         for row in rows
     ]
@@ -321,7 +293,7 @@ def begin_actions(engine: Engine, plans: Mapping[int, tuple[str, str | None]]) -
     target path), so that a crash half-way is finished on the next start, not repeated."""
     if not plans:
         return
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         conn.execute(
             update(watched_files)
             .where(watched_files.c.id == bindparam("b_id"), watched_files.c.state == "pending")
@@ -344,7 +316,7 @@ def finish_actions(
     if not done:
         return
     now = utcnow()
-    with _write(engine) as conn:
+    with writing(engine) as conn:
         conn.execute(
             update(watched_files)
             .where(watched_files.c.id == bindparam("b_id"))
@@ -367,5 +339,5 @@ def ledger_rows(engine: Engine, folder: WatchFolder | None = None) -> list[dict[
     query = select(watched_files).order_by(watched_files.c.id)
     if folder is not None:
         query = query.where(watched_files.c.folder == folder.name)
-    with _read(engine) as conn:
+    with reading(engine) as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
