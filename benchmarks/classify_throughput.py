@@ -12,7 +12,6 @@ over N and 4N images: streaming keeps it flat.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,18 +20,16 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATASETS, add_model_arguments, register_fresh_model, save_result
 
-from inspector.calibration import Calibration
 from inspector.classify import ResultWriter, classify_paths, iter_image_paths
 from inspector.devices import select_device
 from inspector.imaging import read_image
 from inspector.inference import Classifier, multiscale_logits
-from inspector.model import build_model
-from inspector.preprocessing import Preprocessing, parse_scales
-from inspector.store import ModelMetadata, ModelStore
+from inspector.preprocessing import parse_scales
+from inspector.store import ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT.parent / "shared" / "datasets"
 
 
 class PeakRSS:
@@ -62,24 +59,13 @@ class PeakRSS:
 
 
 def make_classifier(args: argparse.Namespace, store_dir: Path) -> Classifier:
-    store = ModelStore(store_dir)
     if args.model:
         return Classifier.from_store(
             ModelStore(args.store), args.model, device=args.device, batch_size=args.batch_size
         )
-    # Throughput does not depend on the weights: a fresh network of the benchmarked shape.
-    classes = ("a", "b", "c", "d", "e", "f")
-    model = build_model(arch=args.arch, num_classes=len(classes), width=args.width)
-    meta = ModelMetadata(
-        name="bench",
-        version=0,
-        spec=model.spec,
-        classes=classes,
-        defect_classes=classes[1:],
-        preprocessing=Preprocessing.for_scales(parse_scales(args.scales)),
-        calibration=Calibration(),
+    store = register_fresh_model(
+        store_dir, arch=args.arch, width=args.width, scales=parse_scales(args.scales)
     )
-    store.register(model, meta)
     return Classifier.from_store(store, "bench", device=args.device, batch_size=args.batch_size)
 
 
@@ -157,11 +143,8 @@ def main() -> int:
         "peak_rss_mb_n": round(peak_n / 2**20, 1),
         "peak_rss_mb_4n": round(peak_4n / 2**20, 1),
     }
-    print(json.dumps(result), flush=True)
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     kind = "gpu" if device.type == "cuda" else "cpu"
-    (out_dir / f"classify-{args.dataset}-{kind}.json").write_text(json.dumps(result, indent=2))
+    save_result(f"classify-{args.dataset}-{kind}.json", result)
     return 0
 
 
@@ -169,13 +152,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--dataset", choices=["neu-cls", "magnetic-tile"], default="neu-cls")
     p.add_argument("--images", type=int, default=480)
-    p.add_argument("--arch", default="vgg11_bn")
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--scales", default="224,256,288")
-    p.add_argument("--batch-size", type=int, default=32)
+    add_model_arguments(p)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--device", default="auto")
     p.add_argument("--model", help="NAME[:VERSION] from --store instead of a fresh network")
     p.add_argument("--store", type=Path, default=ROOT / "data" / "models")
     args = p.parse_args()

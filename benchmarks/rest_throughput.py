@@ -31,15 +31,13 @@ import torch
 
 # The bare pass is the one classify_throughput.py times (this folder is on sys.path).
 from classify_throughput import bare_forward_seconds, make_classifier
+from common import DATASETS, ROOT, add_model_arguments, save_result
 
 from inspector.classify import iter_image_paths
 from inspector.devices import select_device
 from inspector.imaging import read_image
 from inspector.inference import multiscale_logits
 from web.testing import multipart_body
-
-ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT.parent / "shared" / "datasets"
 
 
 def free_port() -> int:
@@ -171,11 +169,8 @@ def main(args: argparse.Namespace) -> int:
         "single_image_inspect_ms_p50": round(1000 * percentile(latencies, 0.5), 1),
         "single_image_inspect_ms_p95": round(1000 * percentile(latencies, 0.95), 1),
     }
-    print(json.dumps(result), flush=True)
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     kind = "gpu" if device.type == "cuda" else "cpu"
-    (out_dir / f"rest-{args.dataset}-{kind}.json").write_text(json.dumps(result, indent=2))
+    save_result(f"rest-{args.dataset}-{kind}.json", result)
     return 0
 
 
@@ -185,12 +180,8 @@ if __name__ == "__main__":
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--per-request", type=int, default=100)
     p.add_argument("--single", type=int, default=30, help="single-image /inspect calls")
-    p.add_argument("--arch", default="vgg11_bn")
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--scales", default="224,256,288")
-    p.add_argument("--batch-size", type=int, default=32)
+    add_model_arguments(p)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--device", default="auto")
     p.add_argument("--model", default=None)
     p.add_argument("--store", type=Path, default=ROOT / "data" / "models")
     sys.exit(main(p.parse_args()))

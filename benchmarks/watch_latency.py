@@ -33,19 +33,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from common import register_fresh_model, save_result
 from sqlalchemy import Engine, func, select
 
-from inspector.calibration import Calibration
 from inspector.db.engine import make_engine, upgrade
 from inspector.db.schema import images, results, watched_files
-from inspector.model import build_model
-from inspector.preprocessing import Preprocessing
 from inspector.sources.config import WatchFolder
 from inspector.sources.folders import FolderWatcher
-from inspector.store import ModelMetadata, ModelStore
+from inspector.store import ModelStore
 from workers.processing import BatchProcessor
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def png(seed: int, size: int) -> bytes:
@@ -56,20 +52,8 @@ def png(seed: int, size: int) -> bytes:
 
 
 def make_store(root: Path, size: int) -> ModelStore:
-    store = ModelStore(root)
     classes = ("ok", "scratch", "dent")
-    model = build_model(arch="vgg11_bn", num_classes=len(classes), width=0.125)
-    meta = ModelMetadata(
-        name="bench",
-        version=0,
-        spec=model.spec,
-        classes=classes,
-        defect_classes=classes[1:],
-        preprocessing=Preprocessing.for_scales((size,)),
-        calibration=Calibration(),
-    )
-    store.register(model, meta)
-    return store
+    return register_fresh_model(root, arch="vgg11_bn", width=0.125, scales=(size,), classes=classes)
 
 
 @contextmanager
@@ -255,11 +239,7 @@ def main() -> int:
             figures["burst"] = bursts
         engine.dispose()
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(figures), flush=True)
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"watch_latency-{figures['database']}-burst{args.burst}-cpu.json"
-    (out_dir / name).write_text(json.dumps(figures, indent=2) + "\n")
+    save_result(f"watch_latency-{figures['database']}-burst{args.burst}-cpu.json", figures)
     return 0
 
 
