@@ -53,6 +53,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         target_recall=args.target_recall,
         good_classes=tuple(args.good_classes.split(",")) if args.good_classes else None,
         pool=args.pool,
+        normalise=args.normalise,
         max_image_pixels=settings.max_image_pixels,
         progress=not args.quiet,
     )
@@ -302,6 +303,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         choices=["avg", "max"],
         default="avg",
         help="global pooling of the head: avg (default) or max (small defects)",
+    )
+    p.add_argument(
+        "--normalise",
+        choices=["image", "fixed"],
+        default="image",
+        help="image: each image by its own mean and std, so lighting is not a cue (default); "
+        "fixed: the ImageNet mean and std",
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", default="224,256,288", help="short-side sizes, comma-separated")

@@ -19,6 +19,13 @@ from inspector.errors import ConfigurationError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SCALES = (224, 256, 288)
+# How pixel values are normalised: "fixed" subtracts the stored mean and divides by the stored
+# std (ImageNet's by default); "image" standardises each image by its own mean and std, so the
+# network sees texture and shape, not how brightly the part was lit or exposed.
+NORMALISATIONS = ("fixed", "image")
+# A flat image's std is close to zero; dividing by a floor keeps its sensor noise from being
+# blown up to full scale (on the [0, 1] scale, about 5 grey levels of 255).
+MIN_IMAGE_STD = 0.02
 
 Image = NDArray[np.float32]  # (H, W, 3) RGB in [0, 1], as decode_image returns
 
@@ -31,6 +38,7 @@ class Preprocessing:
     probabilities are fused. The long side keeps the aspect ratio (up to ``max_aspect``) and is
     rounded to ``size_multiple`` so that images of similar shape batch together. Images whose
     long side reaches ``tile_trigger`` are also cut into ``tile_size`` tiles (original pixels).
+    ``normalise`` is one of NORMALISATIONS; versions stored without it used "fixed".
     """
 
     scales: tuple[int, ...] = DEFAULT_SCALES
@@ -41,8 +49,13 @@ class Preprocessing:
     tile_size: int = 576
     tile_overlap: float = 0.25
     tile_trigger: int = 1152
+    normalise: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.normalise not in NORMALISATIONS:
+            raise ConfigurationError(
+                f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}"
+            )
         if not self.scales or any(s < 32 for s in self.scales):
             raise ConfigurationError(f"scales must be one or more sizes >= 32, got {self.scales}")
         if self.max_aspect < 1.0:
@@ -53,10 +66,12 @@ class Preprocessing:
             raise ConfigurationError(f"std must be positive, got {self.std}")
 
     @classmethod
-    def for_scales(cls, scales: Sequence[int]) -> Preprocessing:
+    def for_scales(cls, scales: Sequence[int], *, normalise: str = "fixed") -> Preprocessing:
         """Defaults sized to the scales: tiles twice the largest, for frames 4x as large."""
         top = max(scales)
-        return cls(scales=tuple(scales), tile_size=2 * top, tile_trigger=4 * top)
+        return cls(
+            scales=tuple(scales), tile_size=2 * top, tile_trigger=4 * top, normalise=normalise
+        )
 
     @property
     def jitter_range(self) -> tuple[int, int]:
@@ -106,10 +121,14 @@ def resize(image: Image, size: tuple[int, int]) -> Image:
 
 
 def to_tensor(images: Sequence[Image], pre: Preprocessing) -> torch.Tensor:
-    """Same-sized images -> normalised (N, 3, H, W) float tensor."""
+    """Same-sized images -> normalised (N, 3, H, W) float tensor (see ``pre.normalise``)."""
     batch = np.stack(images).astype(np.float32, copy=False)
-    mean = np.asarray(pre.mean, np.float32)
-    std = np.asarray(pre.std, np.float32)
+    if pre.normalise == "image":
+        mean = batch.mean(axis=(1, 2, 3), keepdims=True)
+        std = np.maximum(batch.std(axis=(1, 2, 3), keepdims=True), np.float32(MIN_IMAGE_STD))
+    else:
+        mean = np.asarray(pre.mean, np.float32)
+        std = np.asarray(pre.std, np.float32)
     normalised = (batch - mean) / std
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
 

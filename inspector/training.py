@@ -41,7 +41,7 @@ from inspector.errors import ConfigurationError
 from inspector.evaluation import evaluate_predictions
 from inspector.figures import plot_history
 from inspector.model import VGGClassifier, build_model, count_parameters
-from inspector.preprocessing import DEFAULT_SCALES, Preprocessing
+from inspector.preprocessing import DEFAULT_SCALES, NORMALISATIONS, Preprocessing
 from inspector.pretrained import load_imagenet_features
 from inspector.reports import evaluate_arrays, write_evaluation
 from inspector.store import ModelMetadata, ModelRef, ModelStore, ModelVersion
@@ -81,6 +81,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     dropout: float = 0.2
     pool: str = "avg"
+    # Per-image standardisation: surfaces are lit and exposed differently from part to part and
+    # line to line; a fixed mean/std lets the network learn brightness as a class cue.
+    normalise: str = "image"
     max_image_pixels: int = 50_000_000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +95,10 @@ class TrainConfig:
             raise ConfigurationError(f"schedule must be cosine or onecycle, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigurationError("epochs and batch size must be at least 1")
+        if self.normalise not in NORMALISATIONS:
+            raise ConfigurationError(
+                f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}"
+            )
         if self.lr <= 0:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
 
@@ -342,7 +349,7 @@ def fit(
     device = select_device(config.device)
     data = prepare_data(Path(train_dir), Path(val_dir) if val_dir else None, config)
     classes = data.train.classes
-    pre = Preprocessing.for_scales(config.scales)
+    pre = Preprocessing.for_scales(config.scales, normalise=config.normalise)
     log.info("classes: %s; defects: %s", ", ".join(classes), ", ".join(data.defect_classes))
     log.info("train: %s", data.train.describe())
     log.info("val:   %s", data.val.describe())

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from inspector.datasets import (
+    Augmentation,
     ImageSet,
+    ScaleCollate,
     ShapeBatchSampler,
     fingerprint,
     load_images,
@@ -116,3 +118,19 @@ def test_load_images_shrinks_to_what_training_needs(tmp_path: Path) -> None:
     folder = scan_folder(tmp_path)
     big, small = load_images(folder, max_pixels=10**6, max_short_side=100)
     assert big.shape == (150, 100, 3) and small.shape == (40, 40, 3)
+
+
+def test_lighting_augmentation_does_not_saturate_bright_surfaces() -> None:
+    rng = np.random.default_rng(0)
+    bright = (0.9 + 0.08 * rng.random((32, 32, 3))).astype(np.float16)  # a brightly lit surface
+    aug = Augmentation(flips=False, rotations=False, brightness=0.15, contrast=0.0)
+    for seed in range(8):
+        out = aug.apply(bright, np.random.default_rng(seed))
+        # Texture survives any offset: no pixel is clipped to white.
+        assert np.allclose(out - out.mean(), bright - bright.astype(np.float32).mean(), atol=2e-3)
+
+
+def test_scale_jitter_trains_at_every_listed_scale() -> None:
+    # 200 is not on the 32-pixel grid from 160; it is still one of the scales trained at.
+    collate = ScaleCollate(Preprocessing(scales=(160, 200)), scale=None)
+    assert collate.choices == [160, 192, 200]

@@ -31,6 +31,20 @@ def test_to_tensor_normalises_with_the_stored_mean_and_std() -> None:
     assert np.allclose(t[0, :, 0, 0].numpy(), [1.0, 0.5, 0.25])
 
 
+def test_image_normalisation_removes_lighting_but_keeps_texture() -> None:
+    pre = Preprocessing(normalise="image")
+    rng = np.random.default_rng(0)
+    texture = rng.random((8, 8, 3), dtype=np.float32) * 0.2
+    dark, bright = 0.1 + texture, 0.5 + 2.0 * texture  # the same surface, lit differently
+    t = to_tensor([dark, bright], pre).numpy()
+    assert np.allclose(t[0], t[1], atol=1e-4)
+    assert abs(t[0].mean()) < 1e-5 and abs(t[0].std() - 1.0) < 1e-4
+    # A flat image is not blown up to full scale: its std is floored.
+    flat = np.full((8, 8, 3), 0.5, np.float32)
+    flat[0, 0] += 0.002
+    assert np.abs(to_tensor([flat], pre).numpy()).max() < 0.2
+
+
 def test_group_by_size_batches_same_shapes_and_keeps_indices() -> None:
     pre = Preprocessing(scales=(64,))
     images = [
@@ -59,6 +73,13 @@ def test_tiles_cover_the_whole_image_with_overlap() -> None:
 def test_preprocessing_round_trips_and_validates() -> None:
     pre = Preprocessing(scales=(96, 128))
     assert Preprocessing.from_dict(pre.to_dict()) == pre
+    per_image = Preprocessing.for_scales((96, 128), normalise="image")
+    assert Preprocessing.from_dict(per_image.to_dict()) == per_image
+    # Versions stored before per-image normalisation existed keep the fixed mean and std.
+    legacy = {k: v for k, v in pre.to_dict().items() if k != "normalise"}
+    assert Preprocessing.from_dict(legacy).normalise == "fixed"
+    with pytest.raises(ConfigurationError):
+        Preprocessing(normalise="sometimes")
     assert parse_scales("224, 256,288") == (224, 256, 288)
     with pytest.raises(ConfigurationError):
         parse_scales("224,big")

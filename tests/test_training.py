@@ -35,6 +35,8 @@ def test_version_records_history_calibration_data_and_figures(trained: ModelVers
     assert meta.dataset["train_counts"]["good"] == 60
     assert meta.training["config"]["arch"] == "vgg11_bn"
     assert meta.preprocessing.scales == (64, 96)
+    # Trained with per-image normalisation, stored so that serving normalises the same way.
+    assert meta.preprocessing.normalise == "image"
     for name in ("history.png", "val_confusion.png", "val_reliability.png", "val_report.json"):
         data = (trained.path / name).read_bytes()
         assert len(data) > 1000
@@ -186,3 +188,9 @@ def test_early_stopping_counts_patience_after_half_the_epochs(tmp_path: Path, de
         )
         assert seen == expected
         assert mv.metadata.training["epochs_run"] == len(expected)
+
+
+def test_normalisation_is_checked_up_front() -> None:
+    assert tiny_config(normalise="fixed").normalise == "fixed"
+    with pytest.raises(ConfigurationError):
+        tiny_config(normalise="per-pixel")
