@@ -396,6 +396,12 @@ def test_a_camera_that_never_opens_is_reported_and_backed_off(
             return bool(backoffs) and backoffs[-1] == 0.4
 
         wait_for(backing_off, what="the back-off to reach its maximum")
+
+        def still_capturing() -> bool:
+            row = camera(sqlite_engine, "good")
+            return row is not None and row.frames_captured >= 10
+
+        wait_for(still_capturing, what="the working camera to go on capturing")
         time.sleep(0.5)
         refused, missing, alive = (camera(sqlite_engine, i) for i in ("refused", "missing", "good"))
         elapsed = time.monotonic() - started
