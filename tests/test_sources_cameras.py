@@ -405,8 +405,9 @@ def test_a_camera_that_never_opens_is_reported_and_backed_off(
         time.sleep(0.5)
         refused, missing, alive = (camera(sqlite_engine, i) for i in ("refused", "missing", "good"))
         elapsed = time.monotonic() - started
-    # Backs off 0.05, 0.1, 0.2, 0.4, 0.4, ...: no tight loop.
-    assert backoffs == sorted(backoffs) and backoffs[0] <= 0.1, backoffs
+    # Backs off 0.05, 0.1, 0.2, 0.4, 0.4, ...: no tight loop. (The rows are sampled, so the
+    # first steps may pass unseen; the failure count below bounds the attempts.)
+    assert backoffs == sorted(backoffs) and backoffs[-1] == 0.4, backoffs
     assert 4 <= refused.failures == refused.errors <= 3 + elapsed / 0.4 + 1
     assert (refused.status, refused.connected, refused.frames_read) == ("retrying", False, 0)
     assert refused.next_retry_at is not None and refused.next_retry_at > refused.last_error_at

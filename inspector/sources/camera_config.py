@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from inspector.db.schema import CAMERA_MODES
 from inspector.errors import ConfigurationError
 from inspector.settings import Settings
-from inspector.sources.config import ENV_CONFIG, FILE_ALIASES, MAX_TEXT_CHARS
+from inspector.sources.config import ENV_CONFIG, FILE_ALIASES, MAX_TEXT_CHARS, checked_type
 
 ENV_CAMERAS = "INSPECTOR_CAMERAS"
 # Variable -> CameraConfig field, for settings most sites give all their cameras alike.
@@ -211,20 +211,7 @@ def _checked(value: object, name: str, where: str) -> object:
                 f"(an integer), got {value!r}"
             )
         return value
-    kind = _FIELD_TYPES[name]
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigurationError(f"{where}: {name} must be true or false, got {value!r}")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigurationError(f"{where}: {name} must be an integer, got {value!r}")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigurationError(f"{where}: {name} must be a number, got {value!r}")
-        return float(value)
-    elif value is not None and not isinstance(value, str):
-        raise ConfigurationError(f"{where}: {name} must be a string, got {value!r}")
-    return value
+    return checked_type(value, _FIELD_TYPES[name], name, where)
 
 
 def _entry(raw: object, where: str, allowed: Sequence[str]) -> dict[str, Any]:

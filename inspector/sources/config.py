@@ -191,6 +191,12 @@ def _checked(value: object, name: str, where: str) -> object:
         if not isinstance(value, str) or not value.strip():
             raise ConfigurationError(f"{where}: path must be a non-empty string, got {value!r}")
         return value
+    return checked_type(value, kind, name, where)
+
+
+def checked_type(value: object, kind: type | None, name: str, where: str) -> object:
+    """``value`` of a JSON setting checked against ``kind`` (bool, int, float or str; None: not
+    checked; a number for a float comes back as a float); the error names where it was found."""
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigurationError(f"{where}: {name} must be true or false, got {value!r}")
