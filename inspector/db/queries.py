@@ -601,6 +601,22 @@ def list_jobs(
         return _summaries(conn, rows)
 
 
+# What ``StoredResult.of_row`` reads (with a created_at of the query's choosing), for queries
+# that outer-join an image's newest result.
+RESULT_COLUMNS = (
+    results.c.id.label("result_id"),
+    results.c.model_name,
+    results.c.model_version,
+    results.c.label,
+    results.c.confidence,
+    results.c.defect_score,
+    results.c.is_defect,
+    results.c.flagged,
+    results.c.probabilities,
+    results.c.scale_probabilities,
+)
+
+
 def job_results(engine: Engine, job_id: str) -> list[ImageResult]:
     """Every image of a job in intake order, each with its newest verdict or None."""
     query = (
@@ -611,16 +627,7 @@ def job_results(engine: Engine, job_id: str) -> list[ImageResult]:
             images.c.status,
             images.c.attempts,
             images.c.error,
-            results.c.id.label("result_id"),
-            results.c.model_name,
-            results.c.model_version,
-            results.c.label,
-            results.c.confidence,
-            results.c.defect_score,
-            results.c.is_defect,
-            results.c.flagged,
-            results.c.probabilities,
-            results.c.scale_probabilities,
+            *RESULT_COLUMNS,
             results.c.created_at,
         )
         .select_from(images.outerjoin(results, _newest_result()))

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 
 from inspector.db.engine import reading, writing
-from inspector.db.queries import insert_job, set_stored_paths
+from inspector.db.queries import RESULT_COLUMNS, insert_job, set_stored_paths
 from inspector.db.records import NewImage, StoredResult
 from inspector.db.schema import images, jobs, results, utcnow, watched_files
 from inspector.sources.config import WatchFolder
@@ -234,16 +234,7 @@ def settled_files(engine: Engine, folder: WatchFolder, *, limit: int = 500) -> l
             jobs.c.line,
             jobs.c.camera,
             jobs.c.lot,
-            results.c.id.label("result_id"),
-            results.c.model_name,
-            results.c.model_version,
-            results.c.label,
-            results.c.confidence,
-            results.c.defect_score,
-            results.c.is_defect,
-            results.c.flagged,
-            results.c.probabilities,
-            results.c.scale_probabilities,
+            *RESULT_COLUMNS,
             results.c.created_at.label("result_at"),
         )
         .select_from(
