@@ -237,6 +237,10 @@ def test_run_serves_a_batch_restarts_a_dead_worker_and_stops_cleanly(
         watcher_pid, _ = stack.pid_of("watcher")
         assert not alive(new_pid) and not alive(web_pid) and not alive(watcher_pid)
     finally:
-        if stack.proc.poll() is None:
-            stack.proc.kill()
-            stack.proc.wait()
+        if stack.proc.poll() is None:  # a failed test: stop the children too, not only run
+            stack.proc.send_signal(signal.SIGINT)
+            try:
+                stack.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                stack.proc.kill()
+                stack.proc.wait()
