@@ -20,7 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 from inspector.db.schema import CAMERA_MODES
 from inspector.errors import ConfigurationError
 from inspector.settings import Settings
-from inspector.sources.config import ENV_CONFIG, FILE_ALIASES, MAX_TEXT_CHARS, checked_type
+from inspector.sources.config import (
+    ENV_CONFIG,
+    FILE_ALIASES,
+    MAX_TEXT_CHARS,
+    checked_type,
+    read_config_document,
+)
 
 ENV_CAMERAS = "INSPECTOR_CAMERAS"
 # Variable -> CameraConfig field, for settings most sites give all their cameras alike.
@@ -296,14 +302,7 @@ def parse_cameras(
 def read_camera_file(path: Path, env_defaults: Mapping[str, Any]) -> list[CameraConfig]:
     """The cameras of the watch configuration file: its ``cameras`` and ``camera_defaults``,
     with the job metadata of its ``defaults``; a file of folders only has none."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigurationError(f"{ENV_CONFIG} names {path}, which does not exist") from None
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read watch configuration {path}: {exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"watch configuration {path} is not valid JSON: {exc}") from None
+    document = read_config_document(path)
     if isinstance(document, list):  # a list of folders
         return []
     if not isinstance(document, dict):

@@ -239,11 +239,8 @@ def _resolve(path: str, base: Path) -> Path:
     return (base / Path(path).expanduser()).resolve()
 
 
-def read_watch_file(path: Path, env_defaults: Mapping[str, Any]) -> list[WatchFolder]:
-    """The folders of a JSON watch configuration: ``{"defaults": {...}, "folders": [...]}``
-    (or just the list of folders; a file of cameras only has none); a folder is an object with
-    a ``path``, or a path string.
-    Relative paths are taken from the file's own folder."""
+def read_config_document(path: Path) -> Any:
+    """The parsed JSON of the watch configuration file (folders and cameras share it)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -252,6 +249,15 @@ def read_watch_file(path: Path, env_defaults: Mapping[str, Any]) -> list[WatchFo
         raise ConfigurationError(f"cannot read watch configuration {path}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"watch configuration {path} is not valid JSON: {exc}") from None
+    return document
+
+
+def read_watch_file(path: Path, env_defaults: Mapping[str, Any]) -> list[WatchFolder]:
+    """The folders of a JSON watch configuration: ``{"defaults": {...}, "folders": [...]}``
+    (or just the list of folders; a file of cameras only has none); a folder is an object with
+    a ``path``, or a path string.
+    Relative paths are taken from the file's own folder."""
+    document = read_config_document(path)
     if isinstance(document, list):
         document = {"folders": document}
     # "cameras" and "camera_defaults" belong to the cameras (inspector.sources.camera_config).
