@@ -308,6 +308,34 @@ def test_interval_mode_on_an_mjpeg_stream(
     )
 
 
+def test_interval_mode_after_a_slow_store_does_not_burst(
+    settings: Settings,
+    sqlite_engine: Engine,
+    mjpeg: MjpegServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that stalls (a locked database, a busy disk) delays the next frame by an
+    interval from when it finished; it is not made up for with a burst of frames."""
+    insert = camera_db.insert_camera_frame
+    calls = itertools.count()
+
+    def slow_second_insert(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 1:
+            time.sleep(0.6)
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(camera_db, "insert_camera_frame", slow_second_insert)
+    config = CameraConfig(
+        id="cam-slow", source=mjpeg.url, mode="interval", interval_seconds=0.2, **FAST
+    )
+    with capturing(settings, sqlite_engine, [config]):
+        wait_for(lambda: len(camera_images(sqlite_engine, "cam-slow")) >= 4, what="4 frames")
+    rows = camera_images(sqlite_engine, "cam-slow")
+    gaps = [(b.created_at - a.created_at).total_seconds() for a, b in itertools.pairwise(rows)]
+    assert max(gaps[:2]) >= 0.6, gaps  # the stall happened
+    assert min(gaps) >= 0.12, gaps  # and no catching up after it
+
+
 def test_trigger_through_the_api_is_taken_by_the_capture_loop(
     tmp_path: Path, mjpeg: MjpegServer
 ) -> None:

@@ -610,7 +610,10 @@ class CameraSource:
             return  # nothing new yet: the next new frame is taken at once
         self._store(frame)
         self._next_capture += self.config.interval_seconds
-        if self._next_capture <= now:  # late (started, reconnected, slow): count from now
+        # Late (started, reconnected, or the store itself was slow): count from now, so a stall
+        # is followed by one frame an interval later, never by a burst that catches up.
+        now = time.monotonic()
+        if self._next_capture <= now:
             self._next_capture = now + self.config.interval_seconds
 
     # -- storing -----------------------------------------------------------------------------------
