@@ -23,7 +23,7 @@ import torch
 from common import DATASETS, add_model_arguments, register_fresh_model, save_result
 
 from inspector.classify import ResultWriter, classify_paths, iter_image_paths
-from inspector.devices import select_device
+from inspector.devices import autocast, select_device, to_device
 from inspector.imaging import read_image
 from inspector.inference import Classifier, multiscale_logits
 from inspector.preprocessing import parse_scales
@@ -79,7 +79,7 @@ def bare_forward_seconds(classifier: Classifier, paths: list[Path]) -> float:
     device = classifier.device
     model = classifier.model
     seconds = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, classifier.amp):
         for start in range(0, len(images), bs):
             chunk = images[start : start + bs]
             for scale in pre.scales:
@@ -88,7 +88,7 @@ def bare_forward_seconds(classifier: Classifier, paths: list[Path]) -> float:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     started = time.perf_counter()
-                    model(batch.to(device, non_blocking=True)).float().cpu()
+                    model(to_device(batch, device)).float().cpu()
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     seconds += time.perf_counter() - started

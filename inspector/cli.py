@@ -54,6 +54,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         good_classes=tuple(args.good_classes.split(",")) if args.good_classes else None,
         pool=args.pool,
         normalise=args.normalise,
+        masks=str(args.masks) if args.masks else None,
+        mask_weight=args.mask_weight,
         max_image_pixels=settings.max_image_pixels,
         progress=not args.quiet,
     )
@@ -311,6 +313,15 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         help="image: each image by its own mean and std, so lighting is not a cue (default); "
         "fixed: the ImageNet mean and std",
     )
+    p.add_argument(
+        "--masks",
+        type=Path,
+        help="folder of defect masks, MASKS/<class>/<name>.png (white = defect): teaches the "
+        "network where defects are; good parts need none",
+    )
+    p.add_argument(
+        "--mask-weight", type=float, default=1.0, help="weight of the mask loss (default 1)"
+    )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", default="224,256,288", help="short-side sizes, comma-separated")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -320,7 +331,11 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--target-recall", type=float, default=0.99, help="defect recall to reach")
     p.add_argument("--no-balance", action="store_true", help="no class-weighted loss")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="full precision (default: mixed on CUDA and on CPUs with native bfloat16)",
+    )
     p.add_argument("--workers", type=int, help="data-loading processes")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--promote", action="store_true", help="put the new version in production")

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,26 +200,46 @@ class Augmentation:
     contrast: float = 0.15
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply_with_mask(image, None, rng)[0]
+
+    def apply_with_mask(
+        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The augmented image, and its defect mask moved by the same flips and turns."""
         img = image.astype(np.float32)
+
+        def both(op: Callable[[np.ndarray], np.ndarray]) -> None:
+            nonlocal img, mask
+            img = op(img)
+            mask = op(mask) if mask is not None else None
+
         if self.flips and rng.random() < 0.5:
-            img = img[:, ::-1]
+            both(lambda a: a[:, ::-1])
         if self.flips and rng.random() < 0.5:
-            img = img[::-1, :]
+            both(lambda a: a[::-1, :])
         if self.rotations:
             # A quarter turn would change a non-square image's batch shape; half turns don't.
             square = img.shape[0] == img.shape[1]
             k = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-            img = np.rot90(img, k)
+            both(lambda a: np.rot90(a, k))
         if self.contrast > 0 or self.brightness > 0:
             c = 1.0 + rng.uniform(-self.contrast, self.contrast)
             b = rng.uniform(-self.brightness, self.brightness)
             mean = float(img.mean())
             img = (img - mean) * c + mean + b
-        return np.ascontiguousarray(img, dtype=np.float32)
+        out_mask = np.ascontiguousarray(mask, dtype=np.float32) if mask is not None else None
+        return np.ascontiguousarray(img, dtype=np.float32), out_mask
 
 
-class ImageSet(Dataset[tuple[np.ndarray, int]]):
-    """Cached decoded images with labels, augmented on access when training."""
+Item = tuple[np.ndarray, int] | tuple[np.ndarray, int, np.ndarray | None]
+
+
+class ImageSet(Dataset[Item]):
+    """Cached decoded images with labels, augmented on access when training.
+
+    With ``masks`` (see ``inspector.masks``) an item is (image, label, mask or None), the mask
+    augmented with its image; without, (image, label).
+    """
 
     def __init__(
         self,
@@ -227,11 +247,13 @@ class ImageSet(Dataset[tuple[np.ndarray, int]]):
         labels: Sequence[int],
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        masks: Sequence[np.ndarray | None] | None = None,
     ) -> None:
-        if len(images) != len(labels):
-            raise ValueError("images and labels differ in length")
+        if len(images) != len(labels) or (masks is not None and len(masks) != len(images)):
+            raise ValueError("images, labels and masks differ in length")
         self.images = list(images)
         self.labels = list(labels)
+        self.masks = list(masks) if masks is not None else None
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
@@ -239,12 +261,17 @@ class ImageSet(Dataset[tuple[np.ndarray, int]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> Item:
         img = self.images[index]
+        mask = self.masks[index] if self.masks is not None else None
         if self.augmentation is None:
-            return img.astype(np.float32), self.labels[index]
-        rng = np.random.default_rng((self.seed, self.epoch, index))
-        return self.augmentation.apply(img, rng), self.labels[index]
+            img = img.astype(np.float32)
+        else:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            img, mask = self.augmentation.apply_with_mask(img, mask, rng)
+        if self.masks is None:
+            return img, self.labels[index]
+        return img, self.labels[index], mask
 
     def shape_keys(self, pre: Preprocessing) -> list[tuple[int, int]]:
         scale = min(pre.scales)
@@ -306,7 +333,11 @@ class ShapeBatchSampler(Sampler[list[int]]):
 
 
 class ScaleCollate:
-    """Resizes a batch to one scale: random within the model's range when training (jitter)."""
+    """Resizes a batch to one scale: random within the model's range when training (jitter).
+
+    Returns (images, labels), or with masked items (images, labels, masks (N, H, W), known (N,)):
+    an item whose mask is None has an all-zero mask and ``known`` False.
+    """
 
     def __init__(self, pre: Preprocessing, *, scale: int | None, seed: int = 0) -> None:
         self.pre = pre
@@ -317,10 +348,15 @@ class ScaleCollate:
         # Every listed scale, and the steps of size_multiple between the smallest and largest.
         self.choices = sorted(set(range(low, high + 1, m)) | set(pre.scales))
 
-    def __call__(self, batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: Sequence[Item]) -> tuple[torch.Tensor, ...]:
         scale = self.scale if self.scale is not None else self.rng.choice(self.choices)
         first = batch[0][0]
         size = target_size(first.shape[0], first.shape[1], scale, self.pre)
-        images = [resize(img, size) for img, _ in batch]
-        labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-        return to_tensor(images, self.pre), labels
+        images = to_tensor([resize(item[0], size) for item in batch], self.pre)
+        labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
+        if len(batch[0]) == 2:
+            return images, labels
+        masks = [item[2] if len(item) == 3 else None for item in batch]
+        known = torch.tensor([m is not None for m in masks], dtype=torch.bool)
+        resized = [resize(m, size) if m is not None else np.zeros(size, np.float32) for m in masks]
+        return images, labels, torch.from_numpy(np.stack(resized)), known

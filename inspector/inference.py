@@ -18,7 +18,7 @@ import torch
 from numpy.typing import NDArray
 
 from inspector.calibration import softmax
-from inspector.devices import autocast, select_device
+from inspector.devices import autocast, channels_last, select_device, to_device
 from inspector.evaluation import defect_indices
 from inspector.model import VGGClassifier
 from inspector.preprocessing import Image, cut_tiles, group_by_size, needs_tiles
@@ -85,7 +85,7 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) 
     if device.type == "cuda":
         batch = batch.pin_memory()
     try:
-        return model(batch.to(device, non_blocking=True)).float().cpu().numpy()
+        return model(to_device(batch, device)).float().cpu().numpy()
     except torch.cuda.OutOfMemoryError:
         if batch.shape[0] == 1:
             raise
@@ -109,7 +109,7 @@ class Classifier:
         batch_size: int = 32,
         amp: bool = True,
     ) -> None:
-        self.model = model.to(device).eval()
+        self.model = channels_last(model.to(device)).eval()
         self.meta = meta
         self.device = device
         self.batch_size = batch_size
@@ -204,5 +204,5 @@ class Classifier:
         scale = scale or sorted(pre.scales)[len(pre.scales) // 2]
         ((_, batch),) = list(group_by_size([image], scale, pre))
         with torch.inference_mode():
-            _, cam = self.model.forward_with_cam(batch.to(self.device))
+            _, cam = self.model.forward_with_cam(to_device(batch, self.device))
         return cam[0].float().cpu().numpy()

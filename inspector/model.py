@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import vgg as tv_vgg
 
 from inspector.errors import ConfigurationError
@@ -124,6 +125,17 @@ class VGGClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.flatten(self.pool(self.features(x)), 1)
         return self.head(self.dropout(pooled))
+
+    def forward_with_locations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits as ``forward``, and the head's logits at every location (N, K, h, w).
+
+        The location logits are the class activation map plus the head's bias: what training
+        with defect masks supervises (``inspector.masks``).
+        """
+        fmap = self.features(x)
+        logits = self.head(self.dropout(torch.flatten(self.pool(fmap), 1)))
+        weight = self.head.weight.view(*self.head.weight.shape, 1, 1)
+        return logits, F.conv2d(fmap, weight, self.head.bias)
 
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and class activation maps (N, K, h, w) at the last feature resolution."""

@@ -36,10 +36,11 @@ from inspector.datasets import (
     scan_folder,
     stratified_split,
 )
-from inspector.devices import amp_dtype, autocast, select_device
+from inspector.devices import amp_dtype, autocast, channels_last, select_device, to_device
 from inspector.errors import ConfigurationError
 from inspector.evaluation import evaluate_predictions
 from inspector.figures import plot_history
+from inspector.masks import MaskSupervision, load_masks
 from inspector.model import VGGClassifier, build_model, count_parameters
 from inspector.preprocessing import DEFAULT_SCALES, NORMALISATIONS, Preprocessing
 from inspector.pretrained import load_imagenet_features
@@ -84,6 +85,9 @@ class TrainConfig:
     # Per-image standardisation: surfaces are lit and exposed differently from part to part and
     # line to line; a fixed mean/std lets the network learn brightness as a class cue.
     normalise: str = "image"
+    # Pixel masks of the defects (MASKS/<class>/<name>.png), see inspector.masks.
+    masks: str | None = None
+    mask_weight: float = 1.0
     max_image_pixels: int = 50_000_000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +103,8 @@ class TrainConfig:
             raise ConfigurationError(
                 f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}"
             )
+        if self.mask_weight < 0:
+            raise ConfigurationError(f"mask weight must be >= 0, got {self.mask_weight}")
         if self.lr <= 0:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
 
@@ -199,7 +205,7 @@ def initialise(
 
 
 def train_one_epoch(
-    model: nn.Module,
+    model: VGGClassifier,
     loader: DataLoader[Any],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -209,15 +215,22 @@ def train_one_epoch(
     amp: bool,
     scaler: torch.amp.GradScaler | None,
     progress: tqdm[Any] | None = None,
+    masks: MaskSupervision | None = None,
 ) -> dict[str, float]:
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+    total_loss, total_mask_loss, correct, seen = 0.0, 0.0, 0, 0
+    for batch in loader:
+        images = to_device(batch[0], device)
+        labels = batch[1].to(device, non_blocking=True)
         with autocast(device, amp):
-            logits = model(images)
-            loss = criterion(logits.float(), labels)
+            if masks is not None and len(batch) == 4:
+                logits, locations = model.forward_with_locations(images)
+                mask_loss = masks.loss(locations, batch[2].to(device), batch[3].to(device), labels)
+                total_mask_loss += float(mask_loss.detach()) * labels.shape[0]
+                loss = criterion(logits.float(), labels) + mask_loss
+            else:
+                logits = model(images)
+                loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -234,7 +247,10 @@ def train_one_epoch(
         if progress is not None:
             progress.update(n)
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-    return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+    row = {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+    if masks is not None:
+        row["train_mask_loss"] = total_mask_loss / max(1, seen)
+    return row
 
 
 def validation_logits(
@@ -256,8 +272,8 @@ def validation_logits(
         for s, scale in enumerate(scales):
             collate = ScaleCollate(pre, scale=scale)
             for idx in batches:
-                images, _ = collate([dataset[i] for i in idx])
-                out[s, idx] = model(images.to(device)).float().cpu().numpy()
+                images = collate([dataset[i] for i in idx])[0]
+                out[s, idx] = model(to_device(images, device)).float().cpu().numpy()
     return out
 
 
@@ -356,8 +372,15 @@ def fit(
 
     max_short = max(pre.scales)
     load = {"max_pixels": config.max_image_pixels, "max_short_side": max_short}
+    train_images = load_images(data.train, **load)
+    good = [i for i, c in enumerate(classes) if c not in data.defect_classes]
+    supervision = None
+    train_masks = None
+    if config.masks is not None and config.mask_weight > 0:
+        train_masks = load_masks(data.train, Path(config.masks), train_images, good)
+        supervision = MaskSupervision(good[0] if good else None, config.mask_weight)
     train_set = ImageSet(
-        load_images(data.train, **load), data.train.labels(), Augmentation(), seed=config.seed
+        train_images, data.train.labels(), Augmentation(), seed=config.seed, masks=train_masks
     )
     val_set = ImageSet(load_images(data.val, **load), data.val.labels())
 
@@ -370,7 +393,7 @@ def fit(
     )
     init_used, parent = initialise(model, config, store, weights_dir)
     model.freeze_blocks(config.freeze_blocks)
-    model.to(device)
+    channels_last(model.to(device))
     log.info(
         "%s width %s: %d parameters, init %s",
         config.arch,
@@ -442,6 +465,7 @@ def fit(
                 amp=config.amp,
                 scaler=scaler,
                 progress=bar,
+                masks=supervision,
             )
         row |= validate(model, val_set, pre, classes, data.defect_classes, device, config)
         row["seconds"] = time.perf_counter() - t0
@@ -532,7 +556,9 @@ def fit(
         },
         metrics=report,
     )
-    mv = store.register(model.cpu(), metadata, promote=promote)
+    mv = store.register(
+        model.cpu().to(memory_format=torch.contiguous_format), metadata, promote=promote
+    )
     store.write_artifact(mv, "history.json", history)
     plot_history(history, mv.path / "history.png")
     write_evaluation(mv.path, report, figures, prefix="val_")

@@ -103,10 +103,28 @@ def test_fit_temperature_multi_scale(synthetic):
 def test_fit_temperature_is_deterministic_and_in_range(synthetic):
     true_logits, labels = synthetic
     assert fit_temperature(true_logits * 2.0, labels) == fit_temperature(true_logits * 2.0, labels)
-    # perfectly separable, tiny logits: the best temperature is the smallest allowed
+    # perfectly separable, tiny logits: plain NLL runs to the smallest temperature allowed
     logits = np.array([[0.01, 0.0], [0.0, 0.01]] * 10)
     labels = np.array([0, 1] * 10)
-    assert fit_temperature(logits, labels) == pytest.approx(0.05, rel=1e-3)
+    assert fit_temperature(logits, labels, prior_sigma=None) == pytest.approx(0.05, rel=1e-3)
+
+
+def test_fit_temperature_prior_stops_a_flawless_hold_out_from_making_answers_certain():
+    # A hold-out the model gets all right (confident logits, no errors): the NLL falls all the
+    # way to T -> 0, which would give every future mistake a confidence of 1.0.
+    rng = np.random.default_rng(7)
+    labels = np.arange(240) % 6
+    logits = rng.normal(scale=1.0, size=(240, 6))
+    logits[np.arange(240), labels] += 6.0
+    assert fit_temperature(logits, labels, prior_sigma=None) == pytest.approx(0.05, rel=1e-3)
+    t = fit_temperature(logits, labels)
+    assert 0.2 < t < 1.0  # sharpened, as the evidence says, but not to the bound
+    # one wrong, confident answer: the prior matters little once the data speaks
+    wrong = logits.copy()
+    wrong[0] = np.roll(wrong[0], 1)
+    assert fit_temperature(wrong, labels) > t
+    with pytest.raises(ConfigurationError):
+        fit_temperature(logits, labels, prior_sigma=0.0)
 
 
 def recall_at(scores, is_defect, t):
