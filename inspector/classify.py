@@ -159,10 +159,20 @@ def decoded_batches(
     paths: Iterable[Path], *, batch_size: int, max_pixels: int, workers: int, prefetch: int = 3
 ) -> Iterator[list[DecodeResult]]:
     """Batches of decoded images in input order, decoded ``prefetch`` batches ahead."""
+    if workers <= 0:  # inline: no thread competes with the model for the cores
+        batch: list[DecodeResult] = []
+        for path in paths:
+            batch.append(_decode(path, max_pixels))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque[Future[DecodeResult]] = deque()
         limit = batch_size * prefetch
-        batch: list[DecodeResult] = []
+        batch = []
         iterator = iter(paths)
         exhausted = False
         while True:

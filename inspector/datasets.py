@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from inspector.errors import DatasetError, ImageDecodeError
 from inspector.imaging import is_image_file, read_image
-from inspector.preprocessing import Image, Preprocessing, resize, target_size, to_tensor
+from inspector.preprocessing import Image, Preprocessing, resize, target_size, to_batch
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ class ScaleCollate:
         scale = self.scale if self.scale is not None else self.rng.choice(self.choices)
         first = batch[0][0]
         size = target_size(first.shape[0], first.shape[1], scale, self.pre)
-        images = to_tensor([resize(item[0], size) for item in batch], self.pre)
+        images = to_batch([item[0] for item in batch], size, self.pre)
         labels = torch.tensor([item[1] for item in batch], dtype=torch.long)
         if len(batch[0]) == 2:
             return images, labels

@@ -112,31 +112,64 @@ def target_size(height: int, width: int, scale: int, pre: Preprocessing) -> tupl
     return (scale, long_side) if height <= width else (long_side, scale)
 
 
+def _interpolation(source: tuple[int, ...], size: tuple[int, int]) -> int:
+    shrinking = size[0] * size[1] < source[0] * source[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+
+
 def resize(image: Image, size: tuple[int, int]) -> Image:
     h, w = size
-    shrinking = h * w < image.shape[0] * image.shape[1]
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    out = cv2.resize(image, (w, h), interpolation=interp)
+    out = cv2.resize(image, (w, h), interpolation=_interpolation(image.shape, size))
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def to_tensor(images: Sequence[Image], pre: Preprocessing) -> torch.Tensor:
-    """Same-sized images -> normalised (N, 3, H, W) float tensor (see ``pre.normalise``).
+def _normalise_in_place(pixels: Image, pre: Preprocessing) -> None:
+    """One (H, W, 3) image normalised in place, as ``pre.normalise`` says.
 
-    The tensor is a view of one (N, H, W, 3) array, normalised in place: channels-last in
-    memory, the layout the model runs in (``inspector.devices``), so no transposing copy is
-    made. A quarter of the time of the straightforward numpy version (measured at 256 px).
+    Works on one image at a time, while it is still in the cache after resizing, and never
+    broadcasts over the 3-long channel axis (numpy's slowest case): "fixed" subtracts and
+    divides whole rows by the per-channel values tiled to the row's length; "image" takes the
+    image's mean and std from OpenCV's per-channel statistics (one pass, in float64).
     """
-    batch = np.stack(images).astype(np.float32, copy=False)
     if pre.normalise == "image":
-        flat = batch.reshape(batch.shape[0], -1)
-        flat -= flat.mean(axis=1, keepdims=True)
-        std = np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1])[:, None]
-        flat /= np.maximum(std, MIN_IMAGE_STD).astype(np.float32)
+        means, stds = (v.ravel() for v in cv2.meanStdDev(pixels))
+        mean = float(means.mean())
+        variance = float((stds**2 + means**2).mean()) - mean * mean
+        pixels -= np.float32(mean)
+        pixels *= np.float32(1.0 / max(np.sqrt(max(variance, 0.0)), MIN_IMAGE_STD))
     else:
-        batch -= np.asarray(pre.mean, np.float32)
-        batch /= np.asarray(pre.std, np.float32)
+        width = pixels.shape[1]
+        rows = pixels.reshape(pixels.shape[0], width * 3)
+        rows -= np.tile(np.asarray(pre.mean, np.float32), width)
+        rows *= np.tile(1.0 / np.asarray(pre.std, np.float32), width).astype(np.float32)
+
+
+def to_batch(images: Sequence[Image], size: tuple[int, int], pre: Preprocessing) -> torch.Tensor:
+    """Images resized to ``size`` (H, W) and normalised -> (N, 3, H, W) float tensor.
+
+    Each image is resized straight into its slot of one (N, H, W, 3) array and normalised
+    there, so nothing is stacked or copied again; the tensor is a view of that array:
+    channels-last in memory, the layout the model runs in (``inspector.devices``). About a
+    sixth of the time of resizing, stacking and then normalising the whole batch (measured
+    for "fixed" at 224/256/288 px on 200 px images).
+    """
+    h, w = size
+    batch = np.empty((len(images), h, w, 3), np.float32)
+    for out, given in zip(batch, images, strict=True):
+        # OpenCV writes into ``dst`` only when the source's type matches it; otherwise it
+        # would silently return a new array and leave the slot empty.
+        image = np.ascontiguousarray(given, dtype=np.float32)
+        if image.shape[:2] == (h, w):
+            out[...] = image
+        else:
+            cv2.resize(image, (w, h), dst=out, interpolation=_interpolation(image.shape, size))
+        _normalise_in_place(out, pre)
     return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+
+def to_tensor(images: Sequence[Image], pre: Preprocessing) -> torch.Tensor:
+    """Same-sized images -> normalised (N, 3, H, W) float tensor (see ``to_batch``)."""
+    return to_batch(images, images[0].shape[:2], pre)
 
 
 def group_by_size(
@@ -147,7 +180,7 @@ def group_by_size(
     for i, img in enumerate(images):
         groups.setdefault(target_size(img.shape[0], img.shape[1], scale, pre), []).append(i)
     for size, idx in groups.items():
-        yield idx, to_tensor([resize(images[i], size) for i in idx], pre)
+        yield idx, to_batch([images[i] for i in idx], size, pre)
 
 
 def needs_tiles(image: Image, pre: Preprocessing) -> bool:

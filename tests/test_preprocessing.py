@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from inspector.errors import ConfigurationError
 from inspector.preprocessing import (
@@ -8,8 +9,10 @@ from inspector.preprocessing import (
     group_by_size,
     needs_tiles,
     parse_scales,
+    resize,
     target_size,
     tile_boxes,
+    to_batch,
     to_tensor,
 )
 
@@ -43,6 +46,30 @@ def test_image_normalisation_removes_lighting_but_keeps_texture() -> None:
     flat = np.full((8, 8, 3), 0.5, np.float32)
     flat[0, 0] += 0.002
     assert np.abs(to_tensor([flat], pre).numpy()).max() < 0.2
+
+
+@pytest.mark.parametrize("normalise", ["fixed", "image"])
+def test_to_batch_is_resize_then_normalise(normalise: str) -> None:
+    """Resizing into the batch and normalising image by image gives what resizing each image,
+    stacking and normalising the stack gives, also for inputs OpenCV cannot write from as they
+    are (a flipped view, float64)."""
+    pre = Preprocessing(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), normalise=normalise)
+    rng = np.random.default_rng(1)
+    images = [
+        rng.random((40, 50, 3), dtype=np.float32),  # enlarged
+        rng.random((90, 110, 3), dtype=np.float32)[::-1, ::-1],  # shrunk, negative strides
+        rng.random((48, 64, 3)),  # float64, already the size
+    ]
+    got = to_batch(images, (48, 64), pre)
+    assert got.shape == (3, 3, 48, 64) and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    for image, tensor in zip(images, got, strict=True):
+        pixels = resize(np.asarray(image, np.float32), (48, 64)).astype(np.float64)
+        if normalise == "image":
+            expected = (pixels - pixels.mean()) / max(pixels.std(), 0.02)
+        else:
+            expected = (pixels - np.array(pre.mean)) / np.array(pre.std)
+        assert np.allclose(tensor.permute(1, 2, 0).numpy(), expected, atol=1e-4)
 
 
 def test_group_by_size_batches_same_shapes_and_keeps_indices() -> None:
