@@ -35,10 +35,23 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 GOOD = {"neu-cls": None, "magnetic-tile": ("free",)}
 # Each dataset's recipe where the command line does not say: NEU's 200 px textures are read
 # at about their own resolution; magnetic tile's small defects on larger, varied frames need
-# more pixels, max pooling and the defect masks that come with the dataset.
+# more pixels, max pooling, the defect masks that come with the dataset, and flipped views
+# at test time.
 RECIPES: dict[str, dict[str, object]] = {
-    "neu-cls": {"scales": "160,192,224", "epochs": 32, "pool": "avg", "masks": False},
-    "magnetic-tile": {"scales": "224,256,288", "epochs": 80, "pool": "max", "masks": True},
+    "neu-cls": {
+        "scales": "160,192,224",
+        "epochs": 32,
+        "pool": "avg",
+        "masks": False,
+        "flips": False,
+    },
+    "magnetic-tile": {
+        "scales": "224,256,288",
+        "epochs": 80,
+        "pool": "max",
+        "masks": True,
+        "flips": True,
+    },
 }
 
 
@@ -70,6 +83,7 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         weight_decay=args.weight_decay,
         optimizer=args.optimizer,
         normalise=args.normalise,
+        flips=args.flips,
         init=args.init,
         scales=parse_scales(args.scales),
         patience=args.patience,
@@ -108,6 +122,7 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         "pool": args.pool,
         "normalise": args.normalise,
         "masks": bool(args.masks),
+        "flips": bool(args.flips),
         "optimizer": args.optimizer,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
@@ -150,6 +165,11 @@ def main() -> int:
         "--masks",
         action=argparse.BooleanOptionalAction,
         help="train with the dataset's defect masks (masks/train); default: the recipe",
+    )
+    p.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        help="test-time flipped views (Preprocessing.flips); default: the recipe",
     )
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--target-recall", type=float, default=0.99)

@@ -54,6 +54,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         good_classes=tuple(args.good_classes.split(",")) if args.good_classes else None,
         pool=args.pool,
         normalise=args.normalise,
+        flips=args.flips,
         masks=str(args.masks) if args.masks else None,
         mask_weight=args.mask_weight,
         max_image_pixels=settings.max_image_pixels,
@@ -312,6 +313,12 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         default="image",
         help="image: each image by its own mean and std, so lighting is not a cue (default); "
         "fixed: the ImageNet mean and std",
+    )
+    p.add_argument(
+        "--flips",
+        action="store_true",
+        help="classify each image also flipped three ways and average (4x the inference work; "
+        "finds more defects at the same false-alarm rate); stored with the model",
     )
     p.add_argument(
         "--masks",

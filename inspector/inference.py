@@ -21,7 +21,14 @@ from inspector.calibration import softmax
 from inspector.devices import autocast, channels_last, select_device, to_device
 from inspector.evaluation import defect_indices
 from inspector.model import VGGClassifier
-from inspector.preprocessing import Image, cut_tiles, group_by_size, needs_tiles
+from inspector.preprocessing import (
+    Image,
+    cut_tiles,
+    group_by_size,
+    merge_views,
+    needs_tiles,
+    with_views,
+)
 from inspector.store import ModelMetadata, ModelRef, ModelStore
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,8 @@ def multiscale_logits(
     batch_size: int = 32,
     amp: bool = True,
 ) -> NDArray[np.float32]:
-    """Logits (S, N, K) of ``images`` at each of the model's scales, ``batch_size`` at a time."""
+    """Logits (S, N, K) of ``images`` at each of the model's scales, ``batch_size`` at a time
+    (each the mean over the image's flipped views where the model's preprocessing says so)."""
     pre = meta.preprocessing
     out = np.zeros((len(pre.scales), len(images), meta.spec.num_classes), np.float32)
     with torch.inference_mode(), autocast(device, amp):
@@ -75,8 +83,8 @@ def multiscale_logits(
             chunk = images[start : start + batch_size]
             for s, scale in enumerate(pre.scales):
                 for idx, batch in group_by_size(chunk, scale, pre):
-                    logits = _forward(model, batch, device)
-                    out[s, [start + i for i in idx]] = logits
+                    logits = _forward(model, with_views(batch, pre), device)
+                    out[s, [start + i for i in idx]] = merge_views(logits, pre)
     return out
 
 

@@ -39,6 +39,9 @@ class Preprocessing:
     rounded to ``size_multiple`` so that images of similar shape batch together. Images whose
     long side reaches ``tile_trigger`` are also cut into ``tile_size`` tiles (original pixels).
     ``normalise`` is one of NORMALISATIONS; versions stored without it used "fixed".
+    ``flips`` runs every scale also on the image flipped left-right, top-bottom and both ways
+    and averages the four logits (test-time augmentation: four times the network's work, for
+    parts whose defects must not be missed); versions stored without it used no flips.
     """
 
     scales: tuple[int, ...] = DEFAULT_SCALES
@@ -50,6 +53,7 @@ class Preprocessing:
     tile_overlap: float = 0.25
     tile_trigger: int = 1152
     normalise: str = "fixed"
+    flips: bool = False
 
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
@@ -66,12 +70,23 @@ class Preprocessing:
             raise ConfigurationError(f"std must be positive, got {self.std}")
 
     @classmethod
-    def for_scales(cls, scales: Sequence[int], *, normalise: str = "fixed") -> Preprocessing:
+    def for_scales(
+        cls, scales: Sequence[int], *, normalise: str = "fixed", flips: bool = False
+    ) -> Preprocessing:
         """Defaults sized to the scales: tiles twice the largest, for frames 4x as large."""
         top = max(scales)
         return cls(
-            scales=tuple(scales), tile_size=2 * top, tile_trigger=4 * top, normalise=normalise
+            scales=tuple(scales),
+            tile_size=2 * top,
+            tile_trigger=4 * top,
+            normalise=normalise,
+            flips=flips,
         )
+
+    @property
+    def views(self) -> int:
+        """How many views of each image the network sees at each scale."""
+        return len(FLIPS) if self.flips else 1
 
     @property
     def jitter_range(self) -> tuple[int, int]:
@@ -181,6 +196,24 @@ def group_by_size(
         groups.setdefault(target_size(img.shape[0], img.shape[1], scale, pre), []).append(i)
     for size, idx in groups.items():
         yield idx, to_batch([images[i] for i in idx], size, pre)
+
+
+# The views with ``flips``: (N, C, H, W) dims to flip; () is the image as it is.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def with_views(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """The batch followed by its flipped copies when ``pre.flips``: (views * N, C, H, W)."""
+    if not pre.flips:
+        return batch
+    return torch.cat([batch if not dims else torch.flip(batch, dims) for dims in FLIPS])
+
+
+def merge_views(logits: NDArray[np.float32], pre: Preprocessing) -> NDArray[np.float32]:
+    """(views * N, K) logits -> (N, K): the mean over each image's views."""
+    if pre.views == 1:
+        return logits
+    return logits.reshape(pre.views, -1, logits.shape[-1]).mean(axis=0)
 
 
 def needs_tiles(image: Image, pre: Preprocessing) -> bool:

@@ -42,7 +42,13 @@ from inspector.evaluation import evaluate_predictions
 from inspector.figures import plot_history
 from inspector.masks import MaskSupervision, load_masks
 from inspector.model import VGGClassifier, build_model, count_parameters
-from inspector.preprocessing import DEFAULT_SCALES, NORMALISATIONS, Preprocessing
+from inspector.preprocessing import (
+    DEFAULT_SCALES,
+    NORMALISATIONS,
+    Preprocessing,
+    merge_views,
+    with_views,
+)
 from inspector.pretrained import load_imagenet_features
 from inspector.reports import evaluate_arrays, write_evaluation
 from inspector.store import ModelMetadata, ModelRef, ModelStore, ModelVersion
@@ -85,6 +91,7 @@ class TrainConfig:
     # Per-image standardisation: surfaces are lit and exposed differently from part to part and
     # line to line; a fixed mean/std lets the network learn brightness as a class cue.
     normalise: str = "image"
+    flips: bool = False  # test-time flipped views (Preprocessing.flips): 4x inference work
     # Pixel masks of the defects (MASKS/<class>/<name>.png), see inspector.masks.
     masks: str | None = None
     mask_weight: float = 1.0
@@ -261,8 +268,11 @@ def validation_logits(
     device: torch.device,
     batch_size: int,
     amp: bool,
+    *,
+    views: bool = True,
 ) -> np.ndarray:
-    """Logits (S, N, K) on the validation images, in dataset order."""
+    """Logits (S, N, K) on the validation images, in dataset order; with ``views``, averaged
+    over the flipped views ``pre.flips`` asks for, as inference does."""
     keys = dataset.shape_keys(pre)
     batches = ShapeBatchSampler(keys, batch_size, shuffle=False)._batches()
     num_classes = int(model.spec.num_classes)
@@ -273,7 +283,10 @@ def validation_logits(
             collate = ScaleCollate(pre, scale=scale)
             for idx in batches:
                 images = collate([dataset[i] for i in idx])[0]
-                out[s, idx] = model(to_device(images, device)).float().cpu().numpy()
+                if views:
+                    images = with_views(images, pre)
+                logits = model(to_device(images, device)).float().cpu().numpy()
+                out[s, idx] = merge_views(logits, pre) if views else logits
     return out
 
 
@@ -286,9 +299,12 @@ def validate(
     device: torch.device,
     config: TrainConfig,
 ) -> dict[str, float]:
-    """Per-epoch validation at the middle scale (cheap); the full multi-scale one comes last."""
+    """Per-epoch validation at the middle scale without flipped views (cheap); the full
+    multi-scale one, with the views, comes last."""
     middle = sorted(pre.scales)[len(pre.scales) // 2]
-    logits = validation_logits(model, dataset, pre, [middle], device, config.batch_size, config.amp)
+    logits = validation_logits(
+        model, dataset, pre, [middle], device, config.batch_size, config.amp, views=False
+    )
     labels = np.asarray(dataset.labels)
     probs = fused_probabilities(logits)
     loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
@@ -365,7 +381,7 @@ def fit(
     device = select_device(config.device)
     data = prepare_data(Path(train_dir), Path(val_dir) if val_dir else None, config)
     classes = data.train.classes
-    pre = Preprocessing.for_scales(config.scales, normalise=config.normalise)
+    pre = Preprocessing.for_scales(config.scales, normalise=config.normalise, flips=config.flips)
     log.info("classes: %s; defects: %s", ", ".join(classes), ", ".join(data.defect_classes))
     log.info("train: %s", data.train.describe())
     log.info("val:   %s", data.val.describe())

@@ -1,5 +1,7 @@
 """Multi-scale prediction with a stored, calibrated model."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,21 @@ def test_class_activation_maps_have_one_map_per_class(classifier, demo_dirs) -> 
     cams = classifier.class_activation_maps(image)
     assert cams.shape[0] == len(classifier.meta.classes)
     assert cams.ndim == 3 and np.isfinite(cams).all()
+
+
+def test_flipped_views_average_the_logits_of_the_flipped_images(classifier, demo_dirs) -> None:
+    _, val_dir = demo_dirs
+    images = [read_image(p) for p in sorted(val_dir.rglob("*.png"))[:5]]
+    classifier.amp = False  # float32: the comparison below is exact up to rounding
+    plain = classifier.meta
+    flipped = [
+        np.ascontiguousarray(f(im))
+        for f in (lambda a: a, np.fliplr, np.flipud, lambda a: a[::-1, ::-1])
+        for im in images
+    ]
+    by_hand = classifier.logits(flipped).reshape(len(plain.preprocessing.scales), 4, 5, -1)
+    classifier.meta = replace(plain, preprocessing=replace(plain.preprocessing, flips=True))
+    with_views = classifier.logits(images)
+    assert with_views.shape == (len(plain.preprocessing.scales), 5, len(plain.classes))
+    assert np.allclose(with_views, by_hand.mean(axis=1), atol=1e-4)
+    assert not np.allclose(with_views, by_hand[:, 0], atol=1e-3), "the views changed nothing"

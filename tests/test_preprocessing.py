@@ -7,6 +7,7 @@ from inspector.preprocessing import (
     Preprocessing,
     cut_tiles,
     group_by_size,
+    merge_views,
     needs_tiles,
     parse_scales,
     resize,
@@ -14,6 +15,7 @@ from inspector.preprocessing import (
     tile_boxes,
     to_batch,
     to_tensor,
+    with_views,
 )
 
 
@@ -72,6 +74,20 @@ def test_to_batch_is_resize_then_normalise(normalise: str) -> None:
         assert np.allclose(tensor.permute(1, 2, 0).numpy(), expected, atol=1e-4)
 
 
+def test_views_are_the_batch_and_its_flips_and_merge_to_their_mean() -> None:
+    batch = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    assert with_views(batch, Preprocessing()) is batch
+    pre = Preprocessing(flips=True)
+    views = with_views(batch, pre)
+    assert views.shape == (8, 3, 2, 2)
+    assert torch.equal(views[:2], batch)
+    assert torch.equal(views[2:4], batch.flip(3)) and torch.equal(views[4:6], batch.flip(2))
+    assert torch.equal(views[6:], batch.flip(2).flip(3))
+    logits = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)  # view-major, 2 images
+    merged = merge_views(logits, pre)
+    assert np.array_equal(merged, logits.reshape(4, 2, 2).mean(axis=0))
+
+
 def test_group_by_size_batches_same_shapes_and_keeps_indices() -> None:
     pre = Preprocessing(scales=(64,))
     images = [
@@ -105,6 +121,10 @@ def test_preprocessing_round_trips_and_validates() -> None:
     # Versions stored before per-image normalisation existed keep the fixed mean and std.
     legacy = {k: v for k, v in pre.to_dict().items() if k != "normalise"}
     assert Preprocessing.from_dict(legacy).normalise == "fixed"
+    flipped = Preprocessing.for_scales((96,), flips=True)
+    assert Preprocessing.from_dict(flipped.to_dict()) == flipped and flipped.views == 4
+    # ... and those stored before flipped views existed run on the image as it is.
+    assert Preprocessing.from_dict(legacy).flips is False and pre.views == 1
     with pytest.raises(ConfigurationError):
         Preprocessing(normalise="sometimes")
     assert parse_scales("224, 256,288") == (224, 256, 288)

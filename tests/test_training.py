@@ -57,6 +57,21 @@ def test_without_val_a_stratified_share_is_held_out(tmp_path: Path, demo_dirs) -
     assert mv.metadata.dataset["train_counts"]["good"] == 45
 
 
+def test_flipped_views_are_stored_with_the_version(tmp_path: Path, demo_dirs) -> None:
+    train_dir, val_dir = demo_dirs
+    store = ModelStore(tmp_path)
+    mv = fit(
+        train_dir,
+        val_dir=val_dir,
+        name="flips",
+        store=store,
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=1, flips=True),
+    )
+    assert mv.metadata.preprocessing.flips is True
+    assert store.get(mv.ref).metadata.preprocessing.views == 4
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path: Path, demo_dirs) -> None:
     train_dir, val_dir = demo_dirs
     ckpt = tmp_path / "run" / "checkpoint.pt"
