@@ -2,7 +2,9 @@
 
 The exported graph maps a normalised (N, 3, H, W) batch to logits at any size. The model's
 metadata (classes, preprocessing, calibration) travels beside it as JSON, or inside the
-TorchScript archive, so a consumer can reproduce the fused, calibrated verdicts.
+TorchScript archive, so a consumer can reproduce the fused, calibrated verdicts: it resizes to
+each scale, normalises as ``preprocessing.normalise`` says, averages the logits of the flipped
+views where ``preprocessing.flips`` is set, then applies the temperature and thresholds.
 """
 
 from __future__ import annotations
