@@ -182,11 +182,6 @@ def to_batch(images: Sequence[Image], size: tuple[int, int], pre: Preprocessing)
     return torch.from_numpy(batch).permute(0, 3, 1, 2)
 
 
-def to_tensor(images: Sequence[Image], pre: Preprocessing) -> torch.Tensor:
-    """Same-sized images -> normalised (N, 3, H, W) float tensor (see ``to_batch``)."""
-    return to_batch(images, images[0].shape[:2], pre)
-
-
 def group_by_size(
     images: Sequence[Image], scale: int, pre: Preprocessing
 ) -> Iterator[tuple[list[int], torch.Tensor]]:

@@ -14,7 +14,6 @@ from inspector.preprocessing import (
     target_size,
     tile_boxes,
     to_batch,
-    to_tensor,
     with_views,
 )
 
@@ -28,10 +27,10 @@ def test_target_size_keeps_short_side_and_aspect_within_limits() -> None:
     assert target_size(100, 1000, 224, pre) == (224, 448)
 
 
-def test_to_tensor_normalises_with_the_stored_mean_and_std() -> None:
+def test_to_batch_normalises_with_the_stored_mean_and_std() -> None:
     pre = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
     img = np.full((4, 4, 3), 0.75, np.float32)
-    t = to_tensor([img], pre)
+    t = to_batch([img], (4, 4), pre)
     assert t.shape == (1, 3, 4, 4)
     assert np.allclose(t[0, :, 0, 0].numpy(), [1.0, 0.5, 0.25])
 
@@ -41,13 +40,13 @@ def test_image_normalisation_removes_lighting_but_keeps_texture() -> None:
     rng = np.random.default_rng(0)
     texture = rng.random((8, 8, 3), dtype=np.float32) * 0.2
     dark, bright = 0.1 + texture, 0.5 + 2.0 * texture  # the same surface, lit differently
-    t = to_tensor([dark, bright], pre).numpy()
+    t = to_batch([dark, bright], (8, 8), pre).numpy()
     assert np.allclose(t[0], t[1], atol=1e-4)
     assert abs(t[0].mean()) < 1e-5 and abs(t[0].std() - 1.0) < 1e-4
     # A flat image is not blown up to full scale: its std is floored.
     flat = np.full((8, 8, 3), 0.5, np.float32)
     flat[0, 0] += 0.002
-    assert np.abs(to_tensor([flat], pre).numpy()).max() < 0.2
+    assert np.abs(to_batch([flat], (8, 8), pre).numpy()).max() < 0.2
 
 
 @pytest.mark.parametrize("normalise", ["fixed", "image"])
