@@ -35,7 +35,7 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
         "cpu",
     ]
     assert main(["train", str(train_dir), "--val", str(val_dir), "--name", "steel", *common]) == 0
-    again = ["--init", "steel:1", "--normalise", "fixed"]
+    again = ["--init", "steel:1", "--normalise", "fixed", "--flips"]
     assert main(["train", str(train_dir), "--name", "steel", *common, *again]) == 0
     out = capsys.readouterr().out
     assert "registered steel:1" in out and "registered steel:2" in out
@@ -45,6 +45,8 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert store.get("steel:2").metadata.parent == "steel:1"
     normalised = [store.get(f"steel:{v}").metadata.preprocessing.normalise for v in (1, 2)]
     assert normalised == ["image", "fixed"]  # the default, then as asked; kept for serving
+    flips = [store.get(f"steel:{v}").metadata.preprocessing.flips for v in (1, 2)]
+    assert flips == [False, True]
 
     report_dir = cli_env / "eval"
     assert main(["evaluate", str(val_dir), "--model", "steel:2", "--output", str(report_dir)]) == 0

@@ -59,10 +59,11 @@ def test_to_batch_is_resize_then_normalise(normalise: str) -> None:
     images = [
         rng.random((40, 50, 3), dtype=np.float32),  # enlarged
         rng.random((90, 110, 3), dtype=np.float32)[::-1, ::-1],  # shrunk, negative strides
-        rng.random((48, 64, 3)),  # float64, already the size
+        rng.random((60, 70, 3)),  # float64, shrunk
+        rng.random((48, 64, 3), dtype=np.float32),  # already the size
     ]
     got = to_batch(images, (48, 64), pre)
-    assert got.shape == (3, 3, 48, 64) and got.dtype == torch.float32
+    assert got.shape == (4, 3, 48, 64) and got.dtype == torch.float32
     assert got.is_contiguous(memory_format=torch.channels_last)
     for image, tensor in zip(images, got, strict=True):
         pixels = resize(np.asarray(image, np.float32), (48, 64)).astype(np.float64)
