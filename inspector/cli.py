@@ -29,11 +29,25 @@ def _store(settings: Settings) -> ModelStore:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.preprocessing import parse_scales
-    from inspector.training import TrainConfig, fit
+    from inspector.training import TrainConfig, continued_choices, fit
 
+    store = _store(settings)
+    # Options left out take the parent's choice when --init continues from a stored version,
+    # else TrainConfig's default.
+    given = {
+        "arch": args.arch,
+        "width": args.width,
+        "pool": args.pool,
+        "normalise": args.normalise,
+        "flips": args.flips,
+        "scales": parse_scales(args.scales) if args.scales else None,
+        "good_classes": tuple(args.good_classes.split(",")) if args.good_classes else None,
+    }
+    choices = continued_choices(store, args.init) | {
+        k: v for k, v in given.items() if v is not None
+    }
     config = TrainConfig(
-        arch=args.arch,
-        width=args.width,
+        **choices,
         epochs=args.epochs,
         batch_size=args.batch_size or settings.batch_size,
         lr=args.lr,
@@ -45,16 +59,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         balance=not args.no_balance,
         patience=args.patience,
         seed=args.seed,
-        scales=parse_scales(args.scales),
         val_fraction=args.val_fraction,
         device=args.device or settings.device,
         amp=not args.no_amp,
         workers=args.workers,
         target_recall=args.target_recall,
-        good_classes=tuple(args.good_classes.split(",")) if args.good_classes else None,
-        pool=args.pool,
-        normalise=args.normalise,
-        flips=args.flips,
         masks=str(args.masks) if args.masks else None,
         mask_weight=args.mask_weight,
         max_image_pixels=settings.max_image_pixels,
@@ -64,7 +73,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     mv = fit(
         args.data_dir,
         name=args.name,
-        store=_store(settings),
+        store=store,
         config=config,
         val_dir=args.val,
         weights_dir=settings.weights_dir,
@@ -287,8 +296,8 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("data_dir", type=Path, help="folder with one sub-folder of images per class")
     p.add_argument("--val", type=Path, help="validation folder (default: a stratified hold-out)")
     p.add_argument("--name", required=True, help="model name in the store")
-    p.add_argument("--arch", default="vgg16_bn", help="vgg11|13|16|19, each also _bn")
-    p.add_argument("--width", type=float, default=1.0, help="conv width multiplier (compact < 1)")
+    p.add_argument("--arch", help="vgg11|13|16|19, each also _bn (default: vgg16_bn)")
+    p.add_argument("--width", type=float, help="conv width multiplier, compact < 1 (default: 1)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -299,24 +308,24 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         "--init",
         default="auto",
         help="imagenet, scratch, NAME[:VERSION] from the store, or auto "
-        "(imagenet at full width, scratch for compact models)",
+        "(imagenet at full width, scratch for compact models). Continuing from a stored "
+        "version keeps its arch, width, pool, scales, normalisation, flips and good classes "
+        "unless given here",
     )
     p.add_argument(
         "--pool",
         choices=["avg", "max"],
-        default="avg",
         help="global pooling of the head: avg (default) or max (small defects)",
     )
     p.add_argument(
         "--normalise",
         choices=["image", "fixed"],
-        default="image",
         help="image: each image by its own mean and std, so lighting is not a cue (default); "
         "fixed: the ImageNet mean and std",
     )
     p.add_argument(
         "--flips",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="classify each image also flipped three ways and average (4x the inference work; "
         "finds more defects at the same false-alarm rate); stored with the model",
     )
@@ -330,7 +339,7 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         "--mask-weight", type=float, default=1.0, help="weight of the mask loss (default 1)"
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
-    p.add_argument("--scales", default="224,256,288", help="short-side sizes, comma-separated")
+    p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")

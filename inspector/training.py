@@ -211,6 +211,33 @@ def initialise(
     return mv.ref, mv.ref
 
 
+# Where ``init`` names no stored version.
+FRESH_INITS = frozenset({"auto", "imagenet", "scratch"})
+
+
+def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
+    """The TrainConfig fields a run continuing from stored version ``init`` takes from it.
+
+    The network's shape and how its images are prepared (scales, normalisation, flipped
+    views, which classes are good): the features it starts from must see their images as they
+    learnt them, and the new version must judge defects as the old one did. A caller overrides
+    any of them by passing the field itself. Empty for a fresh start (imagenet, scratch, auto).
+    """
+    if init in FRESH_INITS:
+        return {}
+    meta = store.get(ModelRef.parse(init)).metadata
+    return {
+        "arch": meta.spec.arch,
+        "width": meta.spec.width,
+        "pool": meta.spec.pool,
+        "dropout": meta.spec.dropout,
+        "scales": tuple(meta.preprocessing.scales),
+        "normalise": meta.preprocessing.normalise,
+        "flips": meta.preprocessing.flips,
+        "good_classes": tuple(c for c in meta.classes if c not in meta.defect_classes),
+    }
+
+
 def train_one_epoch(
     model: VGGClassifier,
     loader: DataLoader[Any],

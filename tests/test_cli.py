@@ -71,6 +71,29 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert shown["calibration"]["temperature"] > 0
 
 
+def test_continued_training_keeps_the_parents_choices(cli_env: Path, demo_dirs, capsys) -> None:
+    train_dir, _ = demo_dirs
+    quick = ["--epochs", "1", "--batch-size", "16", "--quiet", "--device", "cpu"]
+    parent = ["--arch", "vgg11_bn", "--width", "0.125", "--scales", "64,96", "--pool", "max"]
+    parent += ["--normalise", "fixed", "--flips", "--good-classes", "good,spot"]
+    assert main(["train", str(train_dir), "--name", "line", *quick, *parent]) == 0
+    # Nothing but --init: the default arch (vgg16_bn at full width) would not even load.
+    assert main(["train", str(train_dir), "--name", "line", *quick, "--init", "line:1"]) == 0
+    assert main(["train", str(train_dir), "--name", "line", *quick, "--init", "line:2",
+                 "--no-flips", "--scales", "64"]) == 0  # fmt: skip
+    capsys.readouterr()
+
+    store = ModelStore(cli_env / "models")
+    metas = [store.get(f"line:{v}").metadata for v in (1, 2, 3)]
+    assert [m.parent for m in metas] == [None, "line:1", "line:2"]
+    for meta in metas:
+        assert (meta.spec.arch, meta.spec.width, meta.spec.pool) == ("vgg11_bn", 0.125, "max")
+        assert meta.preprocessing.normalise == "fixed"
+        assert meta.defect_classes == ("crack", "patch", "scratch")
+    assert [m.preprocessing.flips for m in metas] == [True, True, False]
+    assert [m.preprocessing.scales for m in metas] == [(64, 96), (64, 96), (64,)]
+
+
 def test_errors_are_one_line_messages_with_exit_code_2(cli_env: Path, tmp_path: Path, capsys):
     assert main(["models", "show", "nothing"]) == 2
     assert "error: no model named 'nothing'" in capsys.readouterr().err
