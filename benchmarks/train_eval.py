@@ -139,6 +139,10 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         "defect_recall": report["defect_recall"],
         "false_reject_rate": report["false_reject_rate"],
         "flagged_good_rate": report["flagged_good_rate"],
+        # Threshold-free, on val itself: how well the scores rank defects above good parts,
+        # and the good share that the best threshold for each recall would flag.
+        "defect_auc": report["defect_auc"],
+        "false_rejects_at_recall": report["false_rejects_at_recall"],
         "ece": report["ece"],
         "per_scale_accuracy": report["per_scale_accuracy"],
         "calibration": report["calibration"],

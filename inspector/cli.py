@@ -118,9 +118,16 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         "false_reject_rate",
         "flagged_good_rate",
         "ece",
+        "defect_auc",
     ):
         value = report[key]
         print(f"  {key:18s} {'n/a' if value is None else f'{value:.4f}'}")
+    if report["false_rejects_at_recall"]:
+        # What another threshold would do on this set: good parts flagged at each recall.
+        curve = ", ".join(
+            f"{float(r):.0%} -> {v:.1%}" for r, v in report["false_rejects_at_recall"].items()
+        )
+        print(f"  {'good flagged at recall':18s} {curve}")
     for cls, row in report["per_class"].items():
         print(
             f"  {cls:18s} P {row['precision']:.3f} R {row['recall']:.3f} "

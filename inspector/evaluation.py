@@ -3,6 +3,7 @@ Pure numpy: ``probs`` are class probabilities (N, K), ``labels`` true class indi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,39 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int 
     )
 
 
+def defect_auc(scores: ArrayLike, is_defect: ArrayLike) -> float | None:
+    """Area under the ROC curve of defect scores: the chance that a defect image scores above a
+    good one (ties count half). How well the scores rank, whatever the threshold; None without
+    both kinds of image."""
+    s = np.asarray(scores, dtype=np.float64)
+    d = np.asarray(is_defect, dtype=bool)
+    n_pos, n_neg = int(d.sum()), int((~d).sum())
+    if not n_pos or not n_neg:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]  # 1-based, ties averaged
+    return float((ranks[d].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def false_rejects_at_recall(
+    scores: ArrayLike, is_defect: ArrayLike, recalls: Sequence[float] = (0.95, 0.99, 1.0)
+) -> dict[str, float] | None:
+    """For each recall, the share of good images at or above the highest threshold that reaches
+    it on these very images: the operating curve of this set, not of the calibrated threshold
+    (which was fitted elsewhere). None without both kinds of image."""
+    s = np.asarray(scores, dtype=np.float64)
+    d = np.asarray(is_defect, dtype=bool)
+    pos, neg = np.sort(s[d])[::-1], s[~d]
+    if not pos.size or not neg.size:
+        return None
+    out: dict[str, float] = {}
+    for recall in recalls:
+        needed = min(pos.size, max(1, math.ceil(recall * pos.size - 1e-9)))
+        out[f"{recall:g}"] = float((neg >= pos[needed - 1]).mean())
+    return out
+
+
 def _round(value: Any) -> Any:
     """Plain JSON types, floats rounded to 6 places (recursively)."""
     if isinstance(value, dict):
@@ -158,6 +192,8 @@ class EvaluationReport:
     ``defect_recall``: fraction of true-defect images predicted defect (score >= threshold).
     ``false_reject_rate``: fraction of true-good images predicted defect.
     ``flagged_good_rate``: fraction of true-good images flagged (defect or sent to review).
+    ``defect_auc`` and ``false_rejects_at_recall``: how well the defect scores separate defects
+    from good parts on this set, whatever the threshold (see their functions).
     Each is ``None`` when the set has no image of the kind it divides by.
     """
 
@@ -173,6 +209,8 @@ class EvaluationReport:
     flagged_good_rate: float | None
     ece: float
     threshold: float
+    defect_auc: float | None = None
+    false_rejects_at_recall: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable plain types only; floats rounded to 6 places."""
@@ -189,6 +227,8 @@ class EvaluationReport:
             "flagged_good_rate": _round(self.flagged_good_rate),
             "ece": _round(self.ece),
             "threshold": _round(self.threshold),
+            "defect_auc": _round(self.defect_auc),
+            "false_rejects_at_recall": _round(self.false_rejects_at_recall),
         }
 
 
@@ -270,4 +310,6 @@ def evaluate_predictions(
         flagged_good_rate=float(flag[is_good].sum() / n_good) if n_good else None,
         ece=expected_calibration_error(arr, true),
         threshold=float(threshold),
+        defect_auc=defect_auc(scores, is_defect),
+        false_rejects_at_recall=false_rejects_at_recall(scores, is_defect),
     )

@@ -55,7 +55,11 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert set(report["per_scale_accuracy"]) == {"64", "96"}
     assert (report_dir / "confusion.png").stat().st_size > 1000
     assert (report_dir / "reliability.png").stat().st_size > 1000
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "defect_auc" in printed
+    assert "good flagged at recall" in printed and "99% -> " in printed
+    assert 0.0 <= report["defect_auc"] <= 1.0
+    assert set(report["false_rejects_at_recall"]) == {"0.95", "0.99", "1"}
 
     assert main(["models", "promote", "steel:2"]) == 0
     assert store.production("steel") == 2

@@ -6,9 +6,11 @@ import pytest
 from inspector.errors import ConfigurationError
 from inspector.evaluation import (
     confusion_matrix,
+    defect_auc,
     defect_scores,
     evaluate_predictions,
     expected_calibration_error,
+    false_rejects_at_recall,
     reliability_bins,
 )
 
@@ -112,6 +114,35 @@ def test_defect_recall_and_false_reject_rate_with_one_good_class():
     assert lower.false_reject_rate == pytest.approx(0.75)
     assert lower.threshold == 0.3
 
+    # Threshold-free: 10 of the 16 (defect, good) pairs are ranked right.
+    assert report.defect_auc == pytest.approx(10 / 16)
+    # Finding all four defects on this set takes the threshold down to 0.3: 3 of 4 good flagged.
+    assert report.false_rejects_at_recall == pytest.approx({"0.95": 0.75, "0.99": 0.75, "1": 0.75})
+
+
+def test_defect_auc_counts_ties_half_and_matches_all_pairs():
+    assert defect_auc([0.5, 0.5], [True, False]) == pytest.approx(0.5)
+    assert defect_auc([0.9, 0.1], [True, False]) == pytest.approx(1.0)
+    assert defect_auc([0.2, 0.3], [True, True]) is None
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 20, 300) / 20.0  # many ties
+    is_defect = rng.random(300) < 0.3
+    pos, neg = scores[is_defect], scores[~is_defect]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert defect_auc(scores, is_defect) == pytest.approx(pairs)
+
+
+def test_false_rejects_at_recall_reads_the_operating_curve():
+    good = [0.1, 0.2, 0.3, 0.6]
+    defects = [0.4, 0.5, 0.7, 0.8, 0.9]
+    scores = np.array(good + defects)
+    is_defect = np.array([False] * 4 + [True] * 5)
+    # 60% of 5 defects = the top 3 (>= 0.7): no good part; 4 (>= 0.5) or all 5 (>= 0.4): the
+    # good part at 0.6, one of 4.
+    curve = false_rejects_at_recall(scores, is_defect, recalls=(0.6, 0.8, 1.0))
+    assert curve == pytest.approx({"0.6": 0.0, "0.8": 0.25, "1": 0.25})
+    assert false_rejects_at_recall(scores[:4], is_defect[:4]) is None
+
 
 def test_flagged_overrides_default_flagging():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])
@@ -211,6 +242,8 @@ def test_report_to_dict_is_json_and_rounded():
         "flagged_good_rate",
         "ece",
         "threshold",
+        "defect_auc",
+        "false_rejects_at_recall",
     }
 
 
