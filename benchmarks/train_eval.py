@@ -44,6 +44,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "pool": "avg",
         "masks": False,
         "flips": False,
+        "average_epochs": 0.0,
     },
     "magnetic-tile": {
         "scales": "224,256,288",
@@ -51,6 +52,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "pool": "max",
         "masks": True,
         "flips": True,
+        "average_epochs": 0.0,
     },
 }
 
@@ -94,6 +96,7 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         seed=args.seed,
         pool=args.pool,
         masks=str(DATASETS / dataset / "masks" / "train") if args.masks else None,
+        average_epochs=args.average_epochs,
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(args.store or Path(tmp) / "models")
@@ -123,6 +126,8 @@ def run(dataset: str, args: argparse.Namespace) -> dict[str, object]:
         "normalise": args.normalise,
         "masks": bool(args.masks),
         "flips": bool(args.flips),
+        "average_epochs": args.average_epochs,
+        "init": mv.metadata.init,
         "optimizer": args.optimizer,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
@@ -174,6 +179,12 @@ def main() -> int:
         "--flips",
         action=argparse.BooleanOptionalAction,
         help="test-time flipped views (Preprocessing.flips); default: the recipe",
+    )
+    p.add_argument(
+        "--average-epochs",
+        type=float,
+        help="validate and keep a moving average of the weights over this many epochs "
+        "(TrainConfig.average_epochs); default: the recipe",
     )
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--target-recall", type=float, default=0.99)

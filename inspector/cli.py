@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         target_recall=args.target_recall,
         masks=str(args.masks) if args.masks else None,
         mask_weight=args.mask_weight,
+        average_epochs=args.average_epochs,
         max_image_pixels=settings.max_image_pixels,
         progress=not args.quiet,
     )
@@ -344,6 +345,14 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     )
     p.add_argument(
         "--mask-weight", type=float, default=1.0, help="weight of the mask loss (default 1)"
+    )
+    p.add_argument(
+        "--average-epochs",
+        type=float,
+        default=0.0,
+        help="validate and keep a moving average of the weights spanning about this many "
+        "epochs: steadier than the last step's weights for small networks trained from scratch "
+        "(default 0: off)",
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")

@@ -52,6 +52,7 @@ from inspector.preprocessing import (
 from inspector.pretrained import load_imagenet_features
 from inspector.reports import evaluate_arrays, write_evaluation
 from inspector.store import ModelMetadata, ModelRef, ModelStore, ModelVersion
+from inspector.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class TrainConfig:
     # Pixel masks of the defects (MASKS/<class>/<name>.png), see inspector.masks.
     masks: str | None = None
     mask_weight: float = 1.0
+    # Validate, early-stop and store a moving average of the weights spanning about this many
+    # epochs (inspector.weight_average); 0 keeps the last step's weights.
+    average_epochs: float = 0.0
     max_image_pixels: int = 50_000_000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +118,8 @@ class TrainConfig:
             raise ConfigurationError(f"mask weight must be >= 0, got {self.mask_weight}")
         if self.lr <= 0:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
+        if self.average_epochs < 0:
+            raise ConfigurationError(f"average_epochs must be >= 0, got {self.average_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -250,6 +256,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     progress: tqdm[Any] | None = None,
     masks: MaskSupervision | None = None,
+    average: WeightAverage | None = None,
 ) -> dict[str, float]:
     model.train()
     total_loss, total_mask_loss, correct, seen = 0.0, 0.0, 0, 0
@@ -274,6 +281,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(model)
         n = labels.shape[0]
         total_loss += float(loss.detach()) * n
         correct += int((logits.argmax(1) == labels).sum())
@@ -369,6 +378,7 @@ def _checkpoint(
     history: list[dict[str, float]],
     best: dict[str, Any],
     bad_epochs: int,
+    average: WeightAverage | None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -382,6 +392,7 @@ def _checkpoint(
             "history": history,
             "best": best,
             "bad_epochs": bad_epochs,
+            "average": average.state_dict() if average is not None else None,
         },
         tmp,
     )
@@ -469,6 +480,12 @@ def fit(
     )
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(sampler))
+    average = (
+        WeightAverage.over_epochs(model, config.average_epochs, len(sampler))
+        if config.average_epochs > 0
+        else None
+    )
+    judged = average.module if average is not None else model  # what is validated and kept
     use_scaler = config.amp and amp_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
@@ -483,6 +500,8 @@ def fit(
         scheduler.load_state_dict(ckpt["scheduler"])
         history, best, bad_epochs = ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
         start_epoch = int(ckpt["epoch"]) + 1
+        if average is not None and ckpt.get("average") is not None:
+            average.load_state_dict(ckpt["average"])
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
 
     for epoch in range(start_epoch, config.epochs + 1):
@@ -509,13 +528,14 @@ def fit(
                 scaler=scaler,
                 progress=bar,
                 masks=supervision,
+                average=average,
             )
-        row |= validate(model, val_set, pre, classes, data.defect_classes, device, config)
+        row |= validate(judged, val_set, pre, classes, data.defect_classes, device, config)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         score = [row["val_macro_f1"], -row["val_loss"]]
         if best["score"] is None or score > best["score"]:
-            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(judged.state_dict())}
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -540,6 +560,7 @@ def fit(
                 history=history,
                 best=best,
                 bad_epochs=bad_epochs,
+                average=average,
             )
         # The learning rate is still high early in the schedule and validation noisy: patience
         # counts only epochs after half the run (or min_epochs).
