@@ -228,11 +228,14 @@ def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
     views, which classes are good): the features it starts from must see their images as they
     learnt them, and the new version must judge defects as the old one did. A caller overrides
     any of them by passing the field itself. Empty for a fresh start (imagenet, scratch, auto).
+
+    A parent without a good class (every class a defect) passes none on: its features may start
+    a model for another line, whose good parts are then found by name as usual.
     """
     if init in FRESH_INITS:
         return {}
     meta = store.get(ModelRef.parse(init)).metadata
-    return {
+    choices: dict[str, Any] = {
         "arch": meta.spec.arch,
         "width": meta.spec.width,
         "pool": meta.spec.pool,
@@ -240,8 +243,11 @@ def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
         "scales": tuple(meta.preprocessing.scales),
         "normalise": meta.preprocessing.normalise,
         "flips": meta.preprocessing.flips,
-        "good_classes": tuple(c for c in meta.classes if c not in meta.defect_classes),
     }
+    good = tuple(c for c in meta.classes if c not in meta.defect_classes)
+    if good:
+        choices["good_classes"] = good
+    return choices
 
 
 def train_one_epoch(

@@ -11,7 +11,7 @@ from inspector.errors import ConfigurationError, DatasetError, WeightsNotFoundEr
 from inspector.model import build_model
 from inspector.pretrained import load_imagenet_features
 from inspector.store import ModelStore, ModelVersion
-from inspector.training import class_weights, defect_classes_of, fit
+from inspector.training import class_weights, continued_choices, defect_classes_of, fit
 from tests.conftest import tiny_config
 
 
@@ -209,3 +209,28 @@ def test_normalisation_is_checked_up_front() -> None:
     assert tiny_config(normalise="fixed").normalise == "fixed"
     with pytest.raises(ConfigurationError):
         tiny_config(normalise="per-pixel")
+
+
+def test_continuing_takes_the_parents_choices_but_not_an_empty_good_set(
+    tmp_path: Path, demo_dirs, trained: ModelVersion
+) -> None:
+    store = ModelStore(trained.path.parent.parent)
+    choices = continued_choices(store, trained.ref)
+    assert choices["good_classes"] == ("good",)
+    assert (choices["arch"], choices["width"], choices["pool"]) == ("vgg11_bn", 0.125, "max")
+    assert choices["scales"] == (64, 96)
+    assert continued_choices(store, "scratch") == {}
+
+    train_dir, val_dir = demo_dirs
+    all_defects = ModelStore(tmp_path / "store")
+    mv = fit(
+        train_dir,
+        val_dir=val_dir,
+        name="steel",
+        store=all_defects,
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=1, good_classes=()),
+    )
+    assert mv.metadata.defect_classes == mv.metadata.classes
+    # Its features may start another line's model: that line's "good" must stay good.
+    assert "good_classes" not in continued_choices(all_defects, mv.ref)
