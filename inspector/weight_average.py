@@ -10,7 +10,8 @@ as ``--model-ema``).
 from __future__ import annotations
 
 import copy
-from typing import Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -52,12 +53,10 @@ class WeightAverage(Generic[M]):
             else:
                 target.copy_(value)
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "steps": self.steps, "decay": self.decay}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        module = state["module"]
-        assert isinstance(module, dict)
-        self.module.load_state_dict(module)
-        self.steps = int(state["steps"])  # type: ignore[call-overload]
-        self.decay = float(state["decay"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
+        self.decay = float(state["decay"])

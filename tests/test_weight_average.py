@@ -72,3 +72,25 @@ def test_training_stores_the_averaged_weights(tmp_path: Path, demo_dirs) -> None
     assert torch.equal(stored[name], averaged[name].cpu())  # one epoch: the best is its average
     assert not torch.equal(stored[name], last[name].cpu())
     assert mv.metadata.training["config"]["average_epochs"] == 0.5
+
+
+def test_resuming_carries_the_average_on(tmp_path: Path, demo_dirs) -> None:
+    train_dir, val_dir = demo_dirs
+    ckpt = tmp_path / "checkpoint.pt"
+    store = ModelStore(tmp_path / "store")
+    for epochs, resume in ((1, False), (2, True)):
+        fit(
+            train_dir,
+            val_dir=val_dir,
+            name="avg",
+            store=store,
+            weights_dir=tmp_path,
+            config=tiny_config(epochs=epochs, average_epochs=0.5),
+            checkpoint_path=ckpt,
+            resume=resume,
+        )
+        saved = torch.load(ckpt, weights_only=True)
+        if epochs == 1:
+            one_epoch = saved["average"]["steps"]
+    # Epoch 2 continued the average of epoch 1 rather than starting a new one.
+    assert saved["epoch"] == 2 and saved["average"]["steps"] == 2 * one_epoch
