@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inspector.errors import InspectorError
 from inspector.settings import Settings
@@ -134,8 +134,79 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             f"  {cls:18s} P {row['precision']:.3f} R {row['recall']:.3f} "
             f"F1 {row['f1']:.3f} (n={row['support']})"
         )
+    _print_hardest(report["hardest"], report["calibration"]["defect_threshold"])
     print(f"report: {paths['report']}")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.recalibration import recalibrate
+
+    mv = recalibrate(
+        _store(settings),
+        args.model,
+        args.data_dir,
+        target_recall=args.target_recall,
+        max_review_rate=args.max_review_rate,
+        device=args.device or settings.device,
+        batch_size=settings.batch_size,
+        max_pixels=settings.max_image_pixels,
+        workers=settings.decode_workers,
+        promote=args.promote,
+    )
+    metrics = mv.metadata.metrics
+    before = metrics["previous"]
+    print(
+        f"registered {mv.ref}: the weights of {mv.metadata.parent}, calibrated on "
+        f"{metrics['num_images']} images of {args.data_dir}"
+    )
+    print(f"  {'':22s} {before['model']:>14s} {mv.ref:>14s}")
+    rows = (
+        (
+            "defect threshold",
+            before["calibration"]["defect_threshold"],
+            mv.metadata.calibration.defect_threshold,
+        ),
+        (
+            "review threshold",
+            before["calibration"]["review_threshold"],
+            mv.metadata.calibration.review_threshold,
+        ),
+        ("temperature", before["calibration"]["temperature"], mv.metadata.calibration.temperature),
+        ("defect recall", before["defect_recall"], metrics["defect_recall"]),
+        ("good rejected", before["false_reject_rate"], metrics["false_reject_rate"]),
+        ("good flagged", before["flagged_good_rate"], metrics["flagged_good_rate"]),
+    )
+    for label, old, new in rows:
+        shown = ["n/a" if v is None else f"{v:.4f}" for v in (old, new)]
+        print(f"  {label:22s} {shown[0]:>14s} {shown[1]:>14s}")
+    print("  (both measured on these images; the new thresholds were fitted on them)")
+    _print_hardest(metrics["hardest"], mv.metadata.calibration.defect_threshold)
+    if not args.promote:
+        print(f"not in production: inspector models promote {mv.ref}")
+    return 0
+
+
+def _print_hardest(
+    hardest: dict[str, list[dict[str, Any]]], threshold: float, shown: int = 5
+) -> None:
+    """The first images to look at: the weakest defects, the strongest good parts, mix-ups."""
+    titles = {
+        "defects": f"lowest-scored defects (defect threshold {threshold:.3f})",
+        "good": "highest-scored good parts",
+        "wrong_class": "given the wrong class",
+    }
+    for key, title in titles.items():
+        if not hardest[key]:
+            continue
+        print(f"  {title}:")
+        for row in hardest[key][:shown]:
+            mark = "flagged" if row["flagged"] else "passed"
+            print(
+                f"    {row['defect_score']:.3f}  {row['image']}  "
+                f"predicted {row['predicted']} ({row['class_probability']:.3f} on "
+                f"{row['class']}), {mark}"
+            )
 
 
 def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
@@ -380,6 +451,19 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--output", type=Path, help="report folder (default: DATA/reports/NAME-vN)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="refit a version's temperature, defect threshold and review band on labelled "
+        "images, as a new version with the same weights",
+    )
+    p.add_argument("data_dir", type=Path, help="folder per class, defect and good images")
+    p.add_argument("--model", required=True, help="NAME[:VERSION] (default version: production)")
+    p.add_argument("--target-recall", type=float, help="default: the version's own")
+    p.add_argument("--max-review-rate", type=float, help="default: the version's own")
+    p.add_argument("--promote", action="store_true", help="put the new version in production")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("classify", help="classify image files and folders offline")
     p.add_argument("paths", nargs="+", type=Path)

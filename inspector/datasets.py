@@ -51,6 +51,10 @@ class LabelledFolder:
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
 
+    def names(self) -> list[str]:
+        """Each image's path below ``root`` (``class/file.png``), in sample order."""
+        return [s.path.relative_to(self.root).as_posix() for s in self.samples]
+
     def subset(self, indices: Sequence[int]) -> LabelledFolder:
         return LabelledFolder(self.root, self.classes, tuple(self.samples[i] for i in indices))
 

@@ -10,13 +10,20 @@ from typing import Any
 import numpy as np
 
 from inspector.calibration import Calibration, fused_probabilities
-from inspector.datasets import load_images, scan_folder
-from inspector.evaluation import defect_scores, evaluate_predictions, reliability_bins
+from inspector.datasets import LabelledFolder, load_images, scan_folder
+from inspector.evaluation import (
+    defect_indices,
+    defect_scores,
+    evaluate_predictions,
+    reliability_bins,
+)
 from inspector.figures import plot_confusion_matrix, plot_reliability
 from inspector.inference import Classifier
 from inspector.store import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+HARDEST_LISTED = 10
 
 
 def flagged_mask(
@@ -32,6 +39,56 @@ def flagged_mask(
     return np.asarray(is_defect | uncertain)
 
 
+def hardest_images(
+    names: Sequence[str],
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    defect_classes: Sequence[str],
+    calibration: Calibration,
+    *,
+    limit: int = HARDEST_LISTED,
+) -> dict[str, list[dict[str, Any]]]:
+    """The images a person should look at first when judging a model on a labelled set.
+
+    ``defects``: the lowest-scored defect images, lowest first (the first of them sets a
+    threshold that must catch every defect); ``good``: the highest-scored good images, highest
+    first (the first false alarms); ``wrong_class``: images given another class, least
+    probability on their own class first. At most ``limit`` of each; no ``defects`` for a model
+    without a good class.
+    """
+    scores = defect_scores(probs, classes, defect_classes)
+    flagged = flagged_mask(probs, classes, defect_classes, calibration)
+    preds = probs.argmax(axis=1)
+    own = probs[np.arange(labels.shape[0]), labels]
+    defect = np.isin(labels, defect_indices(classes, defect_classes))
+
+    def rows(order: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {
+                "image": names[i],
+                "class": classes[labels[i]],
+                "predicted": classes[preds[i]],
+                "defect_score": round(float(scores[i]), 6),
+                "class_probability": round(float(own[i]), 6),
+                "flagged": bool(flagged[i]),
+            }
+            for i in order[:limit]
+        ]
+
+    # Stable sorts: ties keep the set's order, so the lists are reproducible. A model without a
+    # good class scores every image 1.0: its defects have no order.
+    has_good = len(defect_indices(classes, defect_classes)) < len(classes)
+    defects = np.flatnonzero(defect) if has_good else np.empty(0, dtype=np.int64)
+    good = np.flatnonzero(~defect)
+    wrong = np.flatnonzero(preds != labels)
+    return {
+        "defects": rows(defects[np.argsort(scores[defects], kind="stable")]),
+        "good": rows(good[np.argsort(-scores[good], kind="stable")]),
+        "wrong_class": rows(wrong[np.argsort(own[wrong], kind="stable")]),
+    }
+
+
 def evaluate_arrays(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -39,8 +96,11 @@ def evaluate_arrays(
     defect_classes: Sequence[str],
     calibration: Calibration,
     scales: Sequence[int],
+    *,
+    names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(report, figure data) of multi-scale logits (S, N, K) under ``calibration``."""
+    """(report, figure data) of multi-scale logits (S, N, K) under ``calibration``; with the
+    images' ``names``, the report lists the hardest of them (``hardest_images``)."""
     probs = fused_probabilities(logits, calibration.temperature)
     report = evaluate_predictions(
         probs,
@@ -55,6 +115,10 @@ def evaluate_arrays(
         str(scale): float((logits[s].argmax(1) == labels).mean()) for s, scale in enumerate(scales)
     }
     report["calibration"] = calibration.to_dict()
+    if names is not None:
+        report["hardest"] = hardest_images(
+            names, probs, labels, classes, defect_classes, calibration
+        )
     return report, {"bins": bins}
 
 
@@ -74,10 +138,10 @@ def write_evaluation(
     return paths
 
 
-def evaluate_folder(
+def folder_logits(
     classifier: Classifier, data_dir: Path, *, max_pixels: int, workers: int = 2
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate ``classifier`` on a folder-per-class set whose classes it knows."""
+) -> tuple[LabelledFolder, np.ndarray]:
+    """A folder-per-class set whose classes ``classifier`` knows, and its logits (S, N, K)."""
     meta = classifier.meta
     folder = scan_folder(data_dir, classes=meta.classes, min_classes=1)
     images = load_images(
@@ -86,15 +150,23 @@ def evaluate_folder(
         max_short_side=max(meta.preprocessing.scales),
         workers=workers,
     )
-    logits = classifier.logits([im.astype(np.float32) for im in images])
-    labels = np.asarray(folder.labels())
+    return folder, classifier.logits([im.astype(np.float32) for im in images])
+
+
+def evaluate_folder(
+    classifier: Classifier, data_dir: Path, *, max_pixels: int, workers: int = 2
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate ``classifier`` on a folder-per-class set whose classes it knows."""
+    meta = classifier.meta
+    folder, logits = folder_logits(classifier, data_dir, max_pixels=max_pixels, workers=workers)
     report, figures = evaluate_arrays(
         logits,
-        labels,
+        np.asarray(folder.labels()),
         meta.classes,
         meta.defect_classes,
         meta.calibration,
         meta.preprocessing.scales,
+        names=folder.names(),
     )
     report["model"] = meta.ref
     report["data_dir"] = str(data_dir)

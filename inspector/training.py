@@ -194,9 +194,17 @@ def make_scheduler(
 
 
 def initialise(
-    model: VGGClassifier, config: TrainConfig, store: ModelStore, weights_dir: Path
+    model: VGGClassifier,
+    config: TrainConfig,
+    store: ModelStore,
+    weights_dir: Path,
+    classes: Sequence[str],
 ) -> tuple[str, str | None]:
-    """Apply ``config.init``; returns (what was used, parent version or None)."""
+    """Apply ``config.init``; returns (what was used, parent version or None).
+
+    A stored parent passes on its features, and its head too when it knows the same classes
+    in the same order: a head for other classes (another line's, say) would start the new one
+    with confident wrong answers, so the head then starts fresh."""
     init = config.init
     if init == "auto":
         init = "imagenet" if config.width == 1.0 else "scratch"
@@ -212,8 +220,10 @@ def initialise(
             f"{parent.spec.width}, this run is {model.spec.arch} at width {model.spec.width}"
         )
     model.features.load_state_dict(parent.features.state_dict())
-    if parent.spec.num_classes == model.spec.num_classes:
+    if tuple(mv.metadata.classes) == tuple(classes):
         model.head.load_state_dict(parent.head.state_dict())
+    else:
+        log.info("%s knows other classes: its features only, a new head", mv.ref)
     return mv.ref, mv.ref
 
 
@@ -451,7 +461,7 @@ def fit(
         dropout=config.dropout,
         pool=config.pool,
     )
-    init_used, parent = initialise(model, config, store, weights_dir)
+    init_used, parent = initialise(model, config, store, weights_dir, classes)
     model.freeze_blocks(config.freeze_blocks)
     channels_last(model.to(device))
     log.info(
@@ -595,7 +605,13 @@ def fit(
         max_review_rate=config.max_review_rate,
     )
     report, figures = evaluate_arrays(
-        logits, labels, classes, data.defect_classes, calibration, pre.scales
+        logits,
+        labels,
+        classes,
+        data.defect_classes,
+        calibration,
+        pre.scales,
+        names=data.val.names(),
     )
 
     metadata = ModelMetadata(

@@ -60,6 +60,9 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert "good flagged at recall" in printed and "99% -> " in printed
     assert 0.0 <= report["defect_auc"] <= 1.0
     assert set(report["false_rejects_at_recall"]) == {"0.95", "0.99", "1"}
+    assert "lowest-scored defects (defect threshold" in printed
+    weakest = report["hardest"]["defects"][0]
+    assert (val_dir / weakest["image"]).is_file() and weakest["image"] in printed
 
     assert main(["models", "promote", "steel:2"]) == 0
     assert store.production("steel") == 2

@@ -11,7 +11,13 @@ from inspector.errors import ConfigurationError, DatasetError, WeightsNotFoundEr
 from inspector.model import build_model
 from inspector.pretrained import load_imagenet_features
 from inspector.store import ModelStore, ModelVersion
-from inspector.training import class_weights, continued_choices, defect_classes_of, fit
+from inspector.training import (
+    class_weights,
+    continued_choices,
+    defect_classes_of,
+    fit,
+    initialise,
+)
 from tests.conftest import tiny_config
 
 
@@ -123,6 +129,28 @@ def test_continued_fine_tuning_starts_from_a_stored_version(
     assert store.production("demo") == trained.metadata.version  # not promoted by itself
     # Starting from the trained weights, the first epoch is already good.
     assert first_epoch[0] >= 0.7
+
+
+def test_a_parent_passes_its_head_on_only_to_the_same_classes(
+    tmp_path: Path, trained: ModelVersion
+) -> None:
+    store = ModelStore(trained.path.parent.parent)
+    parent, _ = store.load(trained.ref)
+    spec = trained.metadata.spec
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        return all(torch.equal(x, y) for x, y in pairs)
+
+    other_line = ("blowhole", "break", "crack", "free", "uneven")  # as many, other names
+    for classes, keeps_head in ((trained.metadata.classes, True), (other_line, False)):
+        model = build_model(
+            arch=spec.arch, num_classes=5, width=spec.width, dropout=spec.dropout, pool=spec.pool
+        )
+        used = initialise(model, tiny_config(init=trained.ref), store, tmp_path, classes)
+        assert used == (trained.ref, trained.ref)
+        assert same(model.features, parent.features)
+        assert same(model.head, parent.head) is keeps_head
 
 
 def test_imagenet_init_without_weights_says_what_to_put_where(tmp_path: Path, demo_dirs) -> None:
