@@ -17,7 +17,7 @@ import numpy as np
 
 from inspector.calibration import Calibration, calibrate
 from inspector.datasets import fingerprint
-from inspector.errors import DatasetError
+from inspector.errors import ConfigurationError, DatasetError
 from inspector.evaluation import defect_indices
 from inspector.inference import Classifier
 from inspector.reports import evaluate_arrays, folder_logits, write_evaluation
@@ -47,6 +47,11 @@ def recalibrate(
     measured on ``data_dir`` under the new calibration (``in_sample``: the thresholds were fitted
     on those very images), with ``previous`` holding the same figures under the old one.
     """
+    # Checked before the images are read: a typo should not cost a pass over a large set.
+    if target_recall is not None and not 0.0 < target_recall <= 1.0:
+        raise ConfigurationError(f"target recall must lie in (0, 1], got {target_recall}")
+    if max_review_rate is not None and not 0.0 <= max_review_rate <= 1.0:
+        raise ConfigurationError(f"max review rate must lie in [0, 1], got {max_review_rate}")
     classifier = Classifier.from_store(store, ref, device=device, batch_size=batch_size)
     meta = classifier.meta
     folder, logits = folder_logits(classifier, data_dir, max_pixels=max_pixels, workers=workers)

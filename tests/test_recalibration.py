@@ -7,7 +7,7 @@ import pytest
 
 from inspector.cli import main
 from inspector.demo_data import generate_demo_dataset
-from inspector.errors import DatasetError
+from inspector.errors import ConfigurationError, DatasetError
 from inspector.inference import Classifier
 from inspector.recalibration import recalibrate
 from inspector.store import ModelStore, ModelVersion
@@ -61,6 +61,16 @@ def test_a_set_without_good_images_is_refused(
     with pytest.raises(DatasetError, match="needs defect and good images"):
         recalibrate(store_copy, trained.metadata.ref, only_defects, max_pixels=10**7)
     assert store_copy.versions("demo") == [trained.metadata.version]
+
+
+def test_bad_rates_are_refused_before_any_image_is_read(
+    tmp_path: Path, store_copy: ModelStore, trained: ModelVersion
+) -> None:
+    missing = tmp_path / "not-there"  # never scanned: the rate is checked first
+    with pytest.raises(ConfigurationError, match="target recall"):
+        recalibrate(store_copy, trained.metadata.ref, missing, target_recall=1.5, max_pixels=1)
+    with pytest.raises(ConfigurationError, match="max review rate"):
+        recalibrate(store_copy, trained.metadata.ref, missing, max_review_rate=-0.1, max_pixels=1)
 
 
 def test_the_command_prints_old_and_new_and_promotes_when_asked(
