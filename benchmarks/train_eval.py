@@ -51,6 +51,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "masks": False,
         "flips": False,
         "average_epochs": 2.0,
+        "crop": None,
+        "crop_epochs": None,
         "init": "auto",
     },
     "magnetic-tile": {
@@ -60,6 +62,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "masks": True,
         "flips": True,
         "average_epochs": 2.0,
+        "crop": None,
+        "crop_epochs": None,
         "init": "neu-cls",
     },
 }
@@ -120,6 +124,8 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         pool=args.pool,
         masks=str(DATASETS / dataset / "masks" / "train") if args.masks else None,
         average_epochs=args.average_epochs,
+        crop=args.crop,
+        crop_epochs=args.crop_epochs,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -149,6 +155,8 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "masks": bool(args.masks),
         "flips": bool(args.flips),
         "average_epochs": args.average_epochs,
+        "crop": args.crop,
+        "crop_epochs": args.crop_epochs,
         "init": mv.metadata.init,
         # The parent's own training time: what starting from it costs on top of this run.
         "init_train_seconds": parent.training["seconds"] if parent else None,
@@ -221,6 +229,17 @@ def main() -> int:
         type=float,
         help="validate and keep a moving average of the weights over this many epochs "
         "(TrainConfig.average_epochs); default: the recipe",
+    )
+    p.add_argument(
+        "--crop",
+        type=int,
+        help="train on crops of this size, labelled by the masks (TrainConfig.crop); "
+        "default: the recipe",
+    )
+    p.add_argument(
+        "--crop-epochs",
+        type=int,
+        help="epochs on crops before whole images (TrainConfig.crop_epochs); default: the recipe",
     )
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--target-recall", type=float, default=0.99)

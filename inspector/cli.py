@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         target_recall=args.target_recall,
         masks=str(args.masks) if args.masks else None,
         mask_weight=args.mask_weight,
+        crop=args.crop,
+        crop_epochs=args.crop_epochs,
         average_epochs=args.average_epochs,
         max_image_pixels=settings.max_image_pixels,
         progress=not args.quiet,
@@ -416,6 +418,19 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     )
     p.add_argument(
         "--mask-weight", type=float, default=1.0, help="weight of the mask loss (default 1)"
+    )
+    p.add_argument(
+        "--crop",
+        type=int,
+        help="train on square crops of this many pixels of the scaled images, labelled by the "
+        "masks (needs --masks; at most the smallest scale): small defects fill more of what "
+        "the network sees, and each step costs less; served on whole images as before",
+    )
+    p.add_argument(
+        "--crop-epochs",
+        type=int,
+        help="with --crop: train this many epochs on crops, the rest on whole images "
+        "(default: every epoch on crops)",
     )
     p.add_argument(
         "--average-epochs",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from inspector.crops import CropSampler
 from inspector.errors import DatasetError, ImageDecodeError
 from inspector.imaging import is_image_file, read_image
 from inspector.preprocessing import Image, Preprocessing, resize, target_size, to_batch
@@ -340,12 +341,21 @@ class ScaleCollate:
     """Resizes a batch to one scale: random within the model's range when training (jitter).
 
     Returns (images, labels), or with masked items (images, labels, masks (N, H, W), known (N,)):
-    an item whose mask is None has an all-zero mask and ``known`` False.
+    an item whose mask is None has an all-zero mask and ``known`` False. With ``crops``
+    (masked items only), the scaled batch is then cut into squares (``inspector.crops``).
     """
 
-    def __init__(self, pre: Preprocessing, *, scale: int | None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pre: Preprocessing,
+        *,
+        scale: int | None,
+        seed: int = 0,
+        crops: CropSampler | None = None,
+    ) -> None:
         self.pre = pre
         self.scale = scale
+        self.crops = crops
         self.rng = random.Random(seed)
         low, high = pre.jitter_range
         m = pre.size_multiple
@@ -363,4 +373,7 @@ class ScaleCollate:
         masks = [item[2] if len(item) == 3 else None for item in batch]
         known = torch.tensor([m is not None for m in masks], dtype=torch.bool)
         resized = [resize(m, size) if m is not None else np.zeros(size, np.float32) for m in masks]
-        return images, labels, torch.from_numpy(np.stack(resized)), known
+        stacked = torch.from_numpy(np.stack(resized))
+        if self.crops is not None:
+            return self.crops(images, labels, stacked, known, self.rng)
+        return images, labels, stacked, known

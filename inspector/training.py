@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from inspector.calibration import calibrate, fused_probabilities
+from inspector.crops import CropSampler
 from inspector.datasets import (
     Augmentation,
     ImageSet,
@@ -96,6 +97,13 @@ class TrainConfig:
     # Pixel masks of the defects (MASKS/<class>/<name>.png), see inspector.masks.
     masks: str | None = None
     mask_weight: float = 1.0
+    # Train on square crops of this many pixels of the scaled images, labelled by the masks
+    # (inspector.crops); served whole as before. None trains on whole images.
+    crop: int | None = None
+    crop_on_defect: float = 0.75
+    # Epochs on crops before the rest of the run goes on whole images (None: every epoch):
+    # cheap crops first, then the network meets the whole images it will be served.
+    crop_epochs: int | None = None
     # Validate, early-stop and store a moving average of the weights spanning about this many
     # epochs (inspector.weight_average); 0 keeps the last step's weights.
     average_epochs: float = 0.0
@@ -120,6 +128,24 @@ class TrainConfig:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
         if self.average_epochs < 0:
             raise ConfigurationError(f"average_epochs must be >= 0, got {self.average_epochs}")
+        if self.crop is not None:
+            if self.crop_epochs is not None and not 0 <= self.crop_epochs <= self.epochs:
+                raise ConfigurationError(
+                    f"crop_epochs must be between 0 and epochs ({self.epochs}), "
+                    f"got {self.crop_epochs}"
+                )
+            if self.crop < 32:
+                raise ConfigurationError(f"crop must be at least 32 pixels, got {self.crop}")
+            if self.masks is None or self.mask_weight == 0:
+                raise ConfigurationError(
+                    "training on crops needs defect masks (--masks): a crop that misses a "
+                    "small defect would otherwise be taught as that defect"
+                )
+            if self.crop > min(self.scales):
+                raise ConfigurationError(
+                    f"crop {self.crop} is larger than the smallest scale {min(self.scales)}: "
+                    "every scaled image must hold a whole crop"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -479,7 +505,10 @@ def fit(
         seed=config.seed,
         pool_remainders=True,
     )
-    collate = ScaleCollate(pre, scale=None, seed=config.seed)
+    crops = None
+    if config.crop is not None and supervision is not None:
+        crops = CropSampler(config.crop, supervision.good_index, config.crop_on_defect)
+    collate = ScaleCollate(pre, scale=None, seed=config.seed, crops=crops)
     workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
     loader: DataLoader[Any] = DataLoader(
         train_set,
@@ -524,6 +553,9 @@ def fit(
         sampler.set_epoch(epoch)
         train_set.epoch = epoch
         collate.rng = random.Random(config.seed * 1_000_003 + epoch)
+        last_on_crops = config.epochs if config.crop_epochs is None else config.crop_epochs
+        on_crops = crops is not None and epoch <= last_on_crops
+        collate.crops = crops if on_crops else None
         t0 = time.perf_counter()
         with tqdm(
             total=len(train_set),
@@ -533,6 +565,8 @@ def fit(
             leave=False,
         ) as bar:
             row: dict[str, float] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            if crops is not None:
+                row["crop"] = crops.size if on_crops else 0
             row |= train_one_epoch(
                 model,
                 loader,
@@ -581,7 +615,8 @@ def fit(
         # The learning rate is still high early in the schedule and validation noisy: patience
         # counts only epochs after half the run (or min_epochs).
         min_epochs = config.min_epochs if config.min_epochs is not None else config.epochs // 2
-        if epoch <= min_epochs:
+        if epoch <= min_epochs or on_crops:
+            # On crops the run has not yet seen whole images: not a reason to stop.
             bad_epochs = 0
         elif bad_epochs >= config.patience:
             log.info("early stop: no improvement for %d epochs", bad_epochs)
