@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from inspector.cli import main
 from inspector.crops import CropSampler
 from inspector.datasets import ScaleCollate
 from inspector.errors import ConfigurationError
@@ -145,3 +146,19 @@ def test_the_images_own_edges_are_in_a_good_share_of_the_crops():
     for origin in (tops, lefts):
         assert 0.08 < float((origin == 0).float().mean()) < 0.2
         assert 0.08 < float((origin == h - c).float().mean()) < 0.2
+
+
+def test_the_train_command_takes_crops(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "data"))
+    root = spot_dataset(tmp_path / "spots", per_class=12, size=96)
+    args = ["train", str(root / "data"), "--name", "spots", "--epochs", "2", "--quiet"]
+    args += ["--arch", "vgg11_bn", "--width", "0.125", "--scales", "64", "--device", "cpu"]
+    assert main([*args, "--crop", "48"]) == 2  # no masks: refused before any image is read
+    assert "needs defect masks" in capsys.readouterr().err
+    crops = ["--masks", str(root / "masks"), "--crop", "48", "--crop-epochs", "1"]
+    assert main([*args, *crops]) == 0
+    mv = ModelStore(tmp_path / "data" / "models").get("spots")
+    assert mv.metadata.training["config"]["crop"] == 48
+    assert mv.metadata.training["config"]["crop_epochs"] == 1
+    history = json.loads((mv.path / "history.json").read_text())
+    assert [row["crop"] for row in history] == [48, 0]
