@@ -134,8 +134,7 @@ class TrainConfig:
                     f"crop_epochs must be between 0 and epochs ({self.epochs}), "
                     f"got {self.crop_epochs}"
                 )
-            if self.crop < 32:
-                raise ConfigurationError(f"crop must be at least 32 pixels, got {self.crop}")
+            CropSampler(self.crop, None, self.crop_on_defect)  # checks the size and the share
             if self.masks is None or self.mask_weight == 0:
                 raise ConfigurationError(
                     "training on crops needs defect masks (--masks): a crop that misses a "

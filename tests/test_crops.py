@@ -101,6 +101,8 @@ def test_crop_choices_are_checked_up_front():
         tiny_config(crop=48, masks="masks", crop_epochs=21)
     with pytest.raises(ConfigurationError, match="at least 32"):
         tiny_config(crop=16, masks="masks")
+    with pytest.raises(ConfigurationError, match="on_defect must be in"):
+        tiny_config(crop=48, masks="masks", crop_on_defect=1.5)
     with pytest.raises(ConfigurationError, match="larger than the scaled image"):
         CropSampler(64, GOOD)(
             coordinate_batch(1, 48, 96),
