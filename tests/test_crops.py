@@ -113,7 +113,16 @@ def test_crop_choices_are_checked_up_front():
         )
 
 
-def test_training_on_crops_serves_whole_images(tmp_path: Path):
+def test_training_on_crops_serves_whole_images(tmp_path: Path, monkeypatch):
+    cuts: list[int] = []  # batches cut, counted at the end of each epoch
+    calls = [0]
+    cut = CropSampler.__call__
+
+    def counted(self: CropSampler, *args: object) -> object:
+        calls[0] += 1
+        return cut(self, *args)
+
+    monkeypatch.setattr(CropSampler, "__call__", counted)
     root = spot_dataset(tmp_path / "spots", per_class=24, size=96)
     store = ModelStore(tmp_path / "store")
     config = tiny_config(
@@ -124,7 +133,16 @@ def test_training_on_crops_serves_whole_images(tmp_path: Path):
         crop=48,
         crop_epochs=4,
     )
-    mv = fit(root / "data", name="spots", store=store, config=config, weights_dir=tmp_path)
+    mv = fit(
+        root / "data",
+        name="spots",
+        store=store,
+        config=config,
+        weights_dir=tmp_path,
+        on_epoch=lambda row: cuts.append(calls[0]),
+    )
+    per_epoch = [b - a for a, b in zip([0, *cuts], cuts, strict=False)]
+    assert all(n > 0 for n in per_epoch[:4]) and per_epoch[4:] == [0, 0]
     assert mv.metadata.training["config"]["crop"] == 48
     history = json.loads((mv.path / "history.json").read_text())
     assert [row["crop"] for row in history] == [48, 48, 48, 48, 0, 0]  # then whole images
