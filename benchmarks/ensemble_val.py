@@ -49,6 +49,8 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--suffix", default="")
     args = p.parse_args()
+    if len(args.model) < 2:
+        raise SystemExit("give two or more --model")
     val = DATASETS / args.dataset / "val"
     scores: dict[str, np.ndarray] = {}
     labels: list[int] | None = None
@@ -68,8 +70,6 @@ def main() -> int:
         is_defect = np.array([y not in good for y in labels])
         probs = fused_probabilities(logits, meta.calibration.temperature)
         scores[label] = defect_scores(probs, meta.classes, meta.defect_classes)
-    if len(scores) < 2:
-        raise SystemExit("give two or more --model")
     result: dict[str, object] = {
         "dataset": args.dataset,
         "split": "val (unseen)",
