@@ -51,6 +51,10 @@ def main() -> int:
     args = p.parse_args()
     if len(args.model) < 2:
         raise SystemExit("give two or more --model")
+    for spec in args.model:
+        label, _, where = spec.partition("=")
+        if not label or not where or not Path(where.partition(":")[0]).is_dir():
+            raise SystemExit(f"--model {spec!r}: expected LABEL=STORE_DIR[:NAME[:VERSION]]")
     val = DATASETS / args.dataset / "val"
     scores: dict[str, np.ndarray] = {}
     labels: list[int] | None = None

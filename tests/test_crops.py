@@ -182,3 +182,22 @@ def test_the_train_command_takes_crops(tmp_path: Path, monkeypatch, capsys):
     assert mv.metadata.training["config"]["crop_epochs"] == 1
     history = json.loads((mv.path / "history.json").read_text())
     assert [row["crop"] for row in history] == [48, 0]
+
+
+def test_crop_epochs_do_not_count_towards_early_stopping(tmp_path: Path):
+    # Patience 0 from the first epoch would stop after epoch 1; crop epochs must not stop it:
+    # the run has not met whole images yet.
+    root = spot_dataset(tmp_path / "spots", per_class=8, size=96)
+    config = tiny_config(
+        epochs=3,
+        scales=(64,),
+        masks=str(root / "masks"),
+        good_classes=("good",),
+        crop=48,
+        crop_epochs=2,
+        patience=0,
+        min_epochs=0,
+    )
+    store = ModelStore(tmp_path / "store")
+    mv = fit(root / "data", name="spots", store=store, config=config, weights_dir=tmp_path)
+    assert mv.metadata.training["epochs_run"] == 3
