@@ -54,6 +54,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "crop": None,
         "crop_epochs": None,
         "patience": 8,
+        "members": 1,
         "init": "auto",
     },
     "magnetic-tile": {
@@ -68,6 +69,7 @@ RECIPES: dict[str, dict[str, object]] = {
         # No early stop: the best epochs come at the end of the cosine schedule (72-75 of 80
         # in every full run), and two runs stopped at epoch 48-51 lost 5-8 points.
         "patience": 80,
+        "members": 1,
         "init": "neu-cls",
     },
 }
@@ -130,6 +132,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         average_epochs=args.average_epochs,
         crop=args.crop,
         crop_epochs=args.crop_epochs,
+        members=args.members,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -161,6 +164,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "average_epochs": args.average_epochs,
         "crop": args.crop,
         "crop_epochs": args.crop_epochs,
+        "members": args.members,
         "init": mv.metadata.init,
         # The parent's own training time: what starting from it costs on top of this run.
         "init_train_seconds": parent.training["seconds"] if parent else None,
@@ -247,6 +251,12 @@ def main() -> int:
         help="epochs on crops before whole images (TrainConfig.crop_epochs); default: the recipe",
     )
     p.add_argument("--patience", type=int, help="default: the dataset's recipe")
+    p.add_argument(
+        "--members",
+        type=int,
+        help="networks trained on the same split and served as one set (TrainConfig.members); "
+        "default: the recipe",
+    )
     p.add_argument("--target-recall", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -38,6 +38,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "arch": args.arch,
         "width": args.width,
         "pool": args.pool,
+        "members": args.members,
         "normalise": args.normalise,
         "flips": args.flips,
         "scales": parse_scales(args.scales) if args.scales else None,
@@ -254,7 +255,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 acc = meta.metrics.get("accuracy")
                 mark = "*" if version == prod else " "
                 print(
-                    f"{mark} {name}:{version}  {meta.spec.arch} w{meta.spec.width:g}  "
+                    f"{mark} {name}:{version}  {meta.spec.arch} w{meta.spec.width:g}"
+                    f"{f' x{meta.spec.members}' if meta.spec.members > 1 else ''}  "
                     f"{len(meta.classes)} classes  acc {acc if acc is not None else '-'}  "
                     f"{meta.created_at}"
                 )
@@ -439,6 +441,14 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         help="validate and keep a moving average of the weights spanning about this many "
         "epochs: steadier than the last step's weights for small networks trained from scratch "
         "(default 0: off)",
+    )
+    p.add_argument(
+        "--members",
+        type=int,
+        help="train this many networks (seeds SEED, SEED+1, ...) on the same split and serve "
+        "them as one version, their probabilities averaged and calibrated together: fewer "
+        "good parts flagged for the same recall, at that many times the training and "
+        "inference time (default: 1, or the --init version's count)",
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")

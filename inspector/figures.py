@@ -147,6 +147,7 @@ def plot_reliability(
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs: list[float] = []
     ys: list[float] = []
+    in_turn = _networks_in_turn(history)
     for i, row in enumerate(history):
         value = row.get(key)
         if value is None:
@@ -155,9 +156,15 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
         if not math.isfinite(y):
             continue
         epoch = row.get("epoch")
-        xs.append(float(epoch) if epoch is not None else float(i + 1))
+        # A set's networks trained one after another: their epochs follow on along the axis.
+        xs.append(float(epoch) if epoch is not None and not in_turn else float(i + 1))
         ys.append(y)
     return xs, ys
+
+
+def _networks_in_turn(history: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``history`` holds the epochs of several networks trained in turn (a set)."""
+    return len({row.get("member") for row in history} - {None}) > 1
 
 
 def _no_data(ax: Axes) -> None:
@@ -215,8 +222,21 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
 
     from matplotlib.ticker import MaxNLocator
 
+    title = f"Training history ({len(history)} epochs)"
+    if _networks_in_turn(history):
+        # Dashed lines where the next network of the set starts training.
+        starts = [
+            i + 1
+            for i in range(1, len(history))
+            if history[i].get("member") != history[i - 1].get("member")
+        ]
+        for ax in (ax_loss, ax_metric):
+            for x in starts:
+                ax.axvline(x - 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xlabel("epoch, networks of the set in turn")
+        title = f"Training history ({len(starts) + 1} networks, {len(history)} epochs)"
     for ax in (ax_loss, ax_metric):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Training history ({len(history)} epochs)")
+    fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from inspector.calibration import softmax
 from inspector.devices import autocast, channels_last, select_device, to_device
 from inspector.evaluation import defect_indices
-from inspector.model import VGGClassifier
+from inspector.model import Network
 from inspector.preprocessing import (
     Image,
     cut_tiles,
@@ -110,7 +110,7 @@ class Classifier:
 
     def __init__(
         self,
-        model: VGGClassifier,
+        model: Network,
         meta: ModelMetadata,
         device: torch.device,
         *,

@@ -4,11 +4,17 @@ The architecture is data (torchvision's ``cfgs``), so a stored model is rebuilt 
 class count and width alone. Pooling before the linear head makes the network accept any
 input size and gives class activation maps for free: the head's weights applied to the last
 feature maps.
+
+A model can also be a set of such networks trained apart (``VGGEnsemble``): one module whose
+logits are the log of its members' mean class probabilities, so everything downstream
+(calibration, serving, export) treats it as one network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -46,6 +52,11 @@ class ModelSpec:
     width: float = 1.0
     dropout: float = 0.2
     pool: str = "avg"
+    members: int = 1  # networks averaged (VGGEnsemble); 1 is a single network
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ConfigurationError(f"a model has at least 1 network, got {self.members}")
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -54,6 +65,7 @@ class ModelSpec:
             "width": self.width,
             "dropout": self.dropout,
             "pool": self.pool,
+            "members": self.members,
         }
 
     @classmethod
@@ -64,6 +76,7 @@ class ModelSpec:
             width=float(str(data.get("width", 1.0))),
             dropout=float(str(data.get("dropout", 0.2))),
             pool=str(data.get("pool", "avg")),
+            members=int(str(data.get("members", 1))),
         )
 
 
@@ -167,6 +180,46 @@ class VGGClassifier(nn.Module):
         return count
 
 
+class VGGEnsemble(nn.Module):
+    """Networks of one spec trained apart, served as one: the logits are the log of the
+    members' mean class probabilities, so a softmax of them gives that mean exactly.
+
+    Averaging probabilities rather than logits keeps one member's confident defect call
+    visible in the mean: a set is there to catch what one network misses.
+    """
+
+    def __init__(self, members: Sequence[VGGClassifier]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ConfigurationError(f"a model set needs at least 2 networks, got {len(members)}")
+        specs = {m.spec for m in members}
+        if len(specs) != 1:
+            raise ConfigurationError(f"the networks of a set must share one spec, got {specs}")
+        self.members = nn.ModuleList(members)
+        self.spec = replace(members[0].spec, members=len(members))
+
+    @property
+    def networks(self) -> list[VGGClassifier]:
+        return [m for m in self.members if isinstance(m, VGGClassifier)]
+
+    def _mean_probabilities(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        log_probs = torch.stack([F.log_softmax(z.float(), dim=1) for z in logits])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mean_probabilities([m(x) for m in self.networks])
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The set's logits, and its members' class activation maps averaged."""
+        outputs = [m.forward_with_cam(x) for m in self.networks]
+        cam = torch.stack([c.float() for _, c in outputs]).mean(dim=0)
+        return self._mean_probabilities([z for z, _ in outputs]), cam
+
+
+# What the store loads and the classifier serves: one network or a set of them.
+Network = VGGClassifier | VGGEnsemble
+
+
 def build_model(
     *, arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.2, pool: str = "avg"
 ) -> VGGClassifier:
@@ -176,14 +229,19 @@ def build_model(
     )
 
 
-def model_from_spec(spec: ModelSpec) -> VGGClassifier:
-    return build_model(
-        arch=spec.arch,
-        num_classes=spec.num_classes,
-        width=spec.width,
-        dropout=spec.dropout,
-        pool=spec.pool,
-    )
+def model_from_spec(spec: ModelSpec) -> Network:
+    """The network ``spec`` describes, with fresh weights: a set when it has members."""
+    networks = [
+        build_model(
+            arch=spec.arch,
+            num_classes=spec.num_classes,
+            width=spec.width,
+            dropout=spec.dropout,
+            pool=spec.pool,
+        )
+        for _ in range(spec.members)
+    ]
+    return networks[0] if spec.members == 1 else VGGEnsemble(networks)
 
 
 def count_parameters(model: nn.Module) -> int:

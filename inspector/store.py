@@ -30,8 +30,8 @@ from torch import nn
 
 from inspector import __version__
 from inspector.calibration import Calibration
-from inspector.errors import ModelIntegrityError, ModelStoreError
-from inspector.model import ModelSpec, VGGClassifier, model_from_spec
+from inspector.errors import ConfigurationError, ModelIntegrityError, ModelStoreError
+from inspector.model import ModelSpec, Network, model_from_spec
 from inspector.preprocessing import Preprocessing
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -129,7 +129,7 @@ class ModelMetadata:
                 metrics=dict(data.get("metrics", {})),
                 inspector_version=str(data.get("inspector_version", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigurationError) as exc:
             raise ModelIntegrityError(
                 f"model metadata is incomplete or malformed: {exc!r}"
             ) from exc
@@ -252,7 +252,7 @@ class ModelStore:
 
     def load(
         self, ref: ModelRef | str, device: str | torch.device = "cpu"
-    ) -> tuple[VGGClassifier, ModelVersion]:
+    ) -> tuple[Network, ModelVersion]:
         """Rebuild the network from metadata and load its hash-checked weights (eval mode)."""
         mv = self.get(ref)
         weights = mv.weights_path
@@ -273,7 +273,8 @@ class ModelStore:
             raise ModelIntegrityError(
                 f"{mv.ref}: weights do not match the metadata's architecture "
                 f"({mv.metadata.spec.arch}, width {mv.metadata.spec.width}, "
-                f"{mv.metadata.spec.num_classes} classes): {exc}"
+                f"{mv.metadata.spec.num_classes} classes, {mv.metadata.spec.members} "
+                f"network(s)): {exc}"
             ) from exc
         model.eval()
         return model.to(device), mv

@@ -42,7 +42,7 @@ from inspector.errors import ConfigurationError
 from inspector.evaluation import evaluate_predictions
 from inspector.figures import plot_history
 from inspector.masks import MaskSupervision, load_masks
-from inspector.model import VGGClassifier, build_model, count_parameters
+from inspector.model import Network, VGGClassifier, VGGEnsemble, build_model, count_parameters
 from inspector.preprocessing import (
     DEFAULT_SCALES,
     NORMALISATIONS,
@@ -107,6 +107,10 @@ class TrainConfig:
     # Validate, early-stop and store a moving average of the weights spanning about this many
     # epochs (inspector.weight_average); 0 keeps the last step's weights.
     average_epochs: float = 0.0
+    # Networks trained one after another from seeds seed, seed + 1, ... on the same split and
+    # served as one version, their probabilities averaged (inspector.model.VGGEnsemble): each
+    # network's own mistakes weigh less. Training and inference cost grow with the count.
+    members: int = 1
     max_image_pixels: int = 50_000_000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +132,8 @@ class TrainConfig:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
         if self.average_epochs < 0:
             raise ConfigurationError(f"average_epochs must be >= 0, got {self.average_epochs}")
+        if not 1 <= self.members <= 16:
+            raise ConfigurationError(f"members must be between 1 and 16, got {self.members}")
         if self.crop is not None:
             if self.crop_epochs is not None and not 0 <= self.crop_epochs <= self.epochs:
                 raise ConfigurationError(
@@ -224,12 +230,14 @@ def initialise(
     store: ModelStore,
     weights_dir: Path,
     classes: Sequence[str],
+    member: int = 0,
 ) -> tuple[str, str | None]:
     """Apply ``config.init``; returns (what was used, parent version or None).
 
     A stored parent passes on its features, and its head too when it knows the same classes
     in the same order: a head for other classes (another line's, say) would start the new one
-    with confident wrong answers, so the head then starts fresh."""
+    with confident wrong answers, so the head then starts fresh. A parent that is a set of
+    networks passes on its network ``member`` (counting round when this set is larger)."""
     init = config.init
     if init == "auto":
         init = "imagenet" if config.width == 1.0 else "scratch"
@@ -238,12 +246,14 @@ def initialise(
     if init == "imagenet":
         path = load_imagenet_features(model, weights_dir)
         return f"imagenet:{path.name}", None
-    parent, mv = store.load(ModelRef.parse(init))
-    if parent.spec.arch != model.spec.arch or parent.spec.width != model.spec.width:
+    loaded, mv = store.load(ModelRef.parse(init))
+    if loaded.spec.arch != model.spec.arch or loaded.spec.width != model.spec.width:
         raise ConfigurationError(
-            f"cannot continue from {mv.ref}: it is {parent.spec.arch} at width "
-            f"{parent.spec.width}, this run is {model.spec.arch} at width {model.spec.width}"
+            f"cannot continue from {mv.ref}: it is {loaded.spec.arch} at width "
+            f"{loaded.spec.width}, this run is {model.spec.arch} at width {model.spec.width}"
         )
+    networks = [loaded] if isinstance(loaded, VGGClassifier) else loaded.networks
+    parent = networks[member % len(networks)]
     model.features.load_state_dict(parent.features.state_dict())
     if tuple(mv.metadata.classes) == tuple(classes):
         model.head.load_state_dict(parent.head.state_dict())
@@ -278,6 +288,7 @@ def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
         "scales": tuple(meta.preprocessing.scales),
         "normalise": meta.preprocessing.normalise,
         "flips": meta.preprocessing.flips,
+        "members": meta.spec.members,
     }
     good = tuple(c for c in meta.classes if c not in meta.defect_classes)
     if good:
@@ -338,7 +349,7 @@ def train_one_epoch(
 
 
 def validation_logits(
-    model: VGGClassifier,
+    model: Network,
     dataset: ImageSet,
     pre: Preprocessing,
     scales: Sequence[int],
@@ -368,7 +379,7 @@ def validation_logits(
 
 
 def validate(
-    model: VGGClassifier,
+    model: Network,
     dataset: ImageSet,
     pre: Preprocessing,
     classes: Sequence[str],
@@ -420,6 +431,7 @@ def _checkpoint(
     best: dict[str, Any],
     bad_epochs: int,
     average: WeightAverage | None,
+    stopped: bool = False,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -434,80 +446,64 @@ def _checkpoint(
             "best": best,
             "bad_epochs": bad_epochs,
             "average": average.state_dict() if average is not None else None,
+            "stopped": stopped,
         },
         tmp,
     )
     tmp.replace(path)
 
 
-def fit(
-    train_dir: str | Path,
-    *,
-    name: str,
-    store: ModelStore,
+def member_checkpoint(path: Path | None, member: int, members: int) -> Path | None:
+    """Where network ``member`` (from 0) of a set keeps its checkpoint: each its own file."""
+    if path is None or members == 1:
+        return path
+    return path.with_name(f"{path.stem}-member{member + 1}{path.suffix}")
+
+
+@dataclass
+class TrainedNetwork:
+    """One network after its epochs: the best weights loaded, and how it got there."""
+
+    model: VGGClassifier
+    history: list[dict[str, float]]
+    best_epoch: int
+    seed: int
+    seconds: float
+
+
+def train_network(
+    model: VGGClassifier,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    data: TrainingData,
+    pre: Preprocessing,
+    device: torch.device,
     config: TrainConfig,
-    val_dir: str | Path | None = None,
-    weights_dir: Path,
+    *,
+    seed: int,
+    supervision: MaskSupervision | None,
     checkpoint_path: Path | None = None,
     resume: bool = False,
-    promote: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-) -> ModelVersion:
-    """Train, calibrate, evaluate and register a new version of model ``name``."""
-    ModelRef.parse(name)
+    member: int | None = None,
+) -> TrainedNetwork:
+    """Run ``config.epochs`` (or fewer, on early stopping) and load the best epoch's weights.
+
+    ``member`` numbers the network within a set (from 0): its epochs are labelled with it.
+    """
     started = time.perf_counter()
-    seed_everything(config.seed)
-    device = select_device(config.device)
-    data = prepare_data(Path(train_dir), Path(val_dir) if val_dir else None, config)
     classes = data.train.classes
-    pre = Preprocessing.for_scales(config.scales, normalise=config.normalise, flips=config.flips)
-    log.info("classes: %s; defects: %s", ", ".join(classes), ", ".join(data.defect_classes))
-    log.info("train: %s", data.train.describe())
-    log.info("val:   %s", data.val.describe())
-
-    max_short = max(pre.scales)
-    load = {"max_pixels": config.max_image_pixels, "max_short_side": max_short}
-    train_images = load_images(data.train, **load)
-    good = [i for i, c in enumerate(classes) if c not in data.defect_classes]
-    supervision = None
-    train_masks = None
-    if config.masks is not None and config.mask_weight > 0:
-        train_masks = load_masks(data.train, Path(config.masks), train_images, good)
-        supervision = MaskSupervision(good[0] if good else None, config.mask_weight)
-    train_set = ImageSet(
-        train_images, data.train.labels(), Augmentation(), seed=config.seed, masks=train_masks
-    )
-    val_set = ImageSet(load_images(data.val, **load), data.val.labels())
-
-    model = build_model(
-        arch=config.arch,
-        num_classes=len(classes),
-        width=config.width,
-        dropout=config.dropout,
-        pool=config.pool,
-    )
-    init_used, parent = initialise(model, config, store, weights_dir, classes)
-    model.freeze_blocks(config.freeze_blocks)
-    channels_last(model.to(device))
-    log.info(
-        "%s width %s: %d parameters, init %s",
-        config.arch,
-        config.width,
-        count_parameters(model),
-        init_used,
-    )
-
     sampler = ShapeBatchSampler(
         train_set.shape_keys(pre),
         config.batch_size,
         shuffle=True,
-        seed=config.seed,
+        seed=seed,
         pool_remainders=True,
     )
     crops = None
     if config.crop is not None and supervision is not None:
         crops = CropSampler(config.crop, supervision.good_index, config.crop_on_defect)
-    collate = ScaleCollate(pre, scale=None, seed=config.seed, crops=crops)
+    collate = ScaleCollate(pre, scale=None, seed=seed, crops=crops)
     workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
     loader: DataLoader[Any] = DataLoader(
         train_set,
@@ -532,6 +528,7 @@ def fit(
     judged = average.module if average is not None else model  # what is validated and kept
     use_scaler = config.amp and amp_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    label = f"network {member + 1}/{config.members} " if member is not None else ""
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None}
@@ -543,27 +540,47 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         history, best, bad_epochs = ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
-        start_epoch = int(ckpt["epoch"]) + 1
+        # A run that stopped early is not trained further; one that ran all its epochs goes on
+        # when asked for more.
+        start_epoch = config.epochs + 1 if ckpt.get("stopped") else int(ckpt["epoch"]) + 1
         if average is not None and ckpt.get("average") is not None:
             average.load_state_dict(ckpt["average"])
-        log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
+        log.info("%sresumed from %s at epoch %d", label, checkpoint_path, start_epoch)
+
+    def save_checkpoint(epoch: int, *, stopped: bool) -> None:
+        if checkpoint_path is not None:
+            _checkpoint(
+                checkpoint_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch,
+                config=config,
+                history=history,
+                best=best,
+                bad_epochs=bad_epochs,
+                average=average,
+                stopped=stopped,
+            )
 
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
         train_set.epoch = epoch
-        collate.rng = random.Random(config.seed * 1_000_003 + epoch)
+        collate.rng = random.Random(seed * 1_000_003 + epoch)
         last_on_crops = config.epochs if config.crop_epochs is None else config.crop_epochs
         on_crops = crops is not None and epoch <= last_on_crops
         collate.crops = crops if on_crops else None
         t0 = time.perf_counter()
         with tqdm(
             total=len(train_set),
-            desc=f"epoch {epoch}/{config.epochs}",
+            desc=f"{label}epoch {epoch}/{config.epochs}",
             unit="img",
             disable=not config.progress,
             leave=False,
         ) as bar:
             row: dict[str, float] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            if member is not None:
+                row["member"] = member + 1
             if crops is not None:
                 row["crop"] = crops.size if on_crops else 0
             row |= train_one_epoch(
@@ -589,7 +606,7 @@ def fit(
         else:
             bad_epochs += 1
         line = (
-            f"epoch {epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
+            f"{label}epoch {epoch}/{config.epochs}: loss {row['train_loss']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
             f"val_f1 {row['val_macro_f1']:.4f} ({row['seconds']:.1f}s)"
         )
@@ -598,31 +615,114 @@ def fit(
         log.info(line)
         if on_epoch is not None:
             on_epoch(row)
-        if checkpoint_path is not None:
-            _checkpoint(
-                checkpoint_path,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                epoch=epoch,
-                config=config,
-                history=history,
-                best=best,
-                bad_epochs=bad_epochs,
-                average=average,
-            )
         # The learning rate is still high early in the schedule and validation noisy: patience
         # counts only epochs after half the run (or min_epochs).
         min_epochs = config.min_epochs if config.min_epochs is not None else config.epochs // 2
         if epoch <= min_epochs or on_crops:
             # On crops the run has not yet seen whole images: not a reason to stop.
             bad_epochs = 0
-        elif bad_epochs >= config.patience:
-            log.info("early stop: no improvement for %d epochs", bad_epochs)
+        stop = epoch > min_epochs and not on_crops and bad_epochs >= config.patience
+        save_checkpoint(epoch, stopped=stop)
+        if stop:
+            log.info("%searly stop: no improvement for %d epochs", label, bad_epochs)
             break
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    return TrainedNetwork(
+        model, history, int(best["epoch"]), seed, round(time.perf_counter() - started, 1)
+    )
+
+
+def fit(
+    train_dir: str | Path,
+    *,
+    name: str,
+    store: ModelStore,
+    config: TrainConfig,
+    val_dir: str | Path | None = None,
+    weights_dir: Path,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    promote: bool | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> ModelVersion:
+    """Train, calibrate, evaluate and register a new version of model ``name``.
+
+    With ``config.members`` above 1 it trains that many networks one after another, each from
+    its own seed (``seed``, ``seed + 1``, ...) but on the same split, and registers them as one
+    version whose probabilities are their mean, calibrated together on the shared hold-out.
+    """
+    ModelRef.parse(name)
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    data = prepare_data(Path(train_dir), Path(val_dir) if val_dir else None, config)
+    classes = data.train.classes
+    pre = Preprocessing.for_scales(config.scales, normalise=config.normalise, flips=config.flips)
+    log.info("classes: %s; defects: %s", ", ".join(classes), ", ".join(data.defect_classes))
+    log.info("train: %s", data.train.describe())
+    log.info("val:   %s", data.val.describe())
+
+    max_short = max(pre.scales)
+    load = {"max_pixels": config.max_image_pixels, "max_short_side": max_short}
+    train_images = load_images(data.train, **load)
+    good = [i for i, c in enumerate(classes) if c not in data.defect_classes]
+    supervision = None
+    train_masks = None
+    if config.masks is not None and config.mask_weight > 0:
+        train_masks = load_masks(data.train, Path(config.masks), train_images, good)
+        supervision = MaskSupervision(good[0] if good else None, config.mask_weight)
+    val_set = ImageSet(load_images(data.val, **load), data.val.labels())
+
+    trained: list[TrainedNetwork] = []
+    init_used, parent = "scratch", None
+    for member in range(config.members):
+        seed = config.seed + member
+        if member:
+            seed_everything(seed)  # the first network trains exactly as a single one would
+        train_set = ImageSet(
+            train_images, data.train.labels(), Augmentation(), seed=seed, masks=train_masks
+        )
+        network = build_model(
+            arch=config.arch,
+            num_classes=len(classes),
+            width=config.width,
+            dropout=config.dropout,
+            pool=config.pool,
+        )
+        init_used, parent = initialise(network, config, store, weights_dir, classes, member)
+        network.freeze_blocks(config.freeze_blocks)
+        channels_last(network.to(device))
+        log.info(
+            "%s width %s: %d parameters, init %s, seed %d",
+            config.arch,
+            config.width,
+            count_parameters(network),
+            init_used,
+            seed,
+        )
+        trained.append(
+            train_network(
+                network,
+                train_set,
+                val_set,
+                data,
+                pre,
+                device,
+                config,
+                seed=seed,
+                supervision=supervision,
+                checkpoint_path=member_checkpoint(checkpoint_path, member, config.members),
+                resume=resume,
+                on_epoch=on_epoch,
+                member=member if config.members > 1 else None,
+            )
+        )
+    model: Network = (
+        trained[0].model if len(trained) == 1 else VGGEnsemble([t.model for t in trained])
+    )
+    history = [row for t in trained for row in t.history]
     train_seconds = time.perf_counter() - started
 
     # Calibrate on the validation set at every scale, then evaluate with that calibration.
@@ -670,7 +770,19 @@ def fit(
             "config": config.to_dict(),
             "device": str(device),
             "epochs_run": len(history),
-            "best_epoch": best["epoch"],
+            # A set's networks each have their own best epoch.
+            "best_epoch": (
+                trained[0].best_epoch if len(trained) == 1 else [t.best_epoch for t in trained]
+            ),
+            "members": [
+                {
+                    "seed": t.seed,
+                    "epochs_run": len(t.history),
+                    "best_epoch": t.best_epoch,
+                    "seconds": t.seconds,
+                }
+                for t in trained
+            ],
             "seconds": round(train_seconds, 1),
             "parameters": count_parameters(model),
         },

@@ -6,7 +6,7 @@ import torch
 
 from inspector.calibration import Calibration
 from inspector.errors import ModelIntegrityError, ModelStoreError
-from inspector.model import build_model
+from inspector.model import build_model, model_from_spec
 from inspector.preprocessing import Preprocessing
 from inspector.store import ModelMetadata, ModelRef, ModelStore
 
@@ -26,7 +26,7 @@ def metadata(name: str = "steel", classes: tuple[str, ...] = ("ok", "crack")) ->
 
 def register(store: ModelStore, **kwargs: object):
     meta = metadata(**kwargs)  # type: ignore[arg-type]
-    return store.register(build_model(**meta.spec.to_dict()), meta)  # type: ignore[arg-type]
+    return store.register(model_from_spec(meta.spec), meta)
 
 
 def test_register_numbers_versions_and_promotes_only_the_first(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_register_numbers_versions_and_promotes_only_the_first(tmp_path: Path) -
 def test_load_restores_weights_metadata_and_calibration(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     meta = metadata()
-    original = build_model(**meta.spec.to_dict())  # type: ignore[arg-type]
+    original = model_from_spec(meta.spec)
     store.register(original, meta)
     loaded, mv = store.load("steel:1")
     assert not loaded.training
