@@ -4,7 +4,9 @@ The exported graph maps a normalised (N, 3, H, W) batch to logits at any size. T
 metadata (classes, preprocessing, calibration) travels beside it as JSON, or inside the
 TorchScript archive, so a consumer can reproduce the fused, calibrated verdicts: it resizes to
 each scale, normalises as ``preprocessing.normalise`` says, averages the logits of the flipped
-views where ``preprocessing.flips`` is set, then applies the temperature and thresholds.
+views where ``preprocessing.flips`` is set, then applies the temperature and thresholds. A model
+set (``spec.members`` > 1) exports as one graph holding all its networks, whose logits are the
+log of their mean probabilities: consumers treat it as one network.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,12 +130,20 @@ def test_a_set_is_served_and_exported_as_one_model(pair: ModelVersion, demo_dirs
         assert set(p.scale_probabilities) == set(TINY["scales"])  # type: ignore[arg-type]
     assert classifier.class_activation_maps(images[0]).ndim == 3
 
-    path, _ = export_model(store, pair.ref, "torchscript", tmp_path / "pair.torchscript.pt")
-    scripted = torch.jit.load(str(path))
     model, _ = store.load(pair.ref)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x))
+        expected = model(x)
+    path, _ = export_model(store, pair.ref, "torchscript", tmp_path / "pair.torchscript.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(path))(x), expected)
+
+    from onnx import load
+    from onnx.reference import ReferenceEvaluator
+
+    path, _ = export_model(store, pair.ref, "onnx", tmp_path / "pair.onnx")
+    (got,) = ReferenceEvaluator(load(str(path))).run(None, {"images": x.numpy()})
+    assert np.allclose(got, expected.numpy(), atol=1e-3)
 
 
 def test_weights_that_do_not_match_the_sets_size_are_refused(pair: ModelVersion, tmp_path: Path):
