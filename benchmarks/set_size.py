@@ -28,6 +28,7 @@ from inspector.datasets import ImageSet, load_images, scan_folder, stratified_sp
 from inspector.devices import channels_last, select_device
 from inspector.inference import Classifier
 from inspector.model import Network, VGGEnsemble
+from inspector.preprocessing import parse_scales
 from inspector.reports import evaluate_arrays, folder_logits
 from inspector.store import ModelMetadata, ModelStore
 from inspector.training import validation_logits
@@ -84,6 +85,11 @@ def main() -> int:
     p.add_argument("--store", type=Path, required=True, help="the store train_eval.py kept")
     p.add_argument("--dataset", default="magnetic-tile")
     p.add_argument("--model", help="NAME[:VERSION] of the set (default: the dataset's name)")
+    p.add_argument(
+        "--scales",
+        help="serve and calibrate at these scales instead of the stored ones (e.g. 288,320,352)",
+    )
+    p.add_argument("--whole-only", action="store_true", help="only the whole set")
     p.add_argument("--device", default="auto")
     p.add_argument("--suffix", default="")
     args = p.parse_args()
@@ -94,6 +100,9 @@ def main() -> int:
     if not isinstance(full, VGGEnsemble):
         raise SystemExit(f"{mv.ref} is one network, not a set (train it with --members N)")
     meta = mv.metadata
+    if args.scales:
+        scales = parse_scales(args.scales)
+        meta = replace(meta, preprocessing=replace(meta.preprocessing, scales=scales))
     config = dict(meta.training["config"])
     train_dir, val_dir = DATASETS / args.dataset / "train", DATASETS / args.dataset / "val"
     if meta.dataset.get("val_root"):
@@ -112,6 +121,8 @@ def main() -> int:
     networks = full.networks
     sets: dict[str, Network] = {f"network {i + 1}": n for i, n in enumerate(networks)}
     sets |= {f"first {k}": VGGEnsemble(networks[:k]) for k in range(2, len(networks) + 1)}
+    if args.whole_only:
+        sets = {f"first {len(networks)}": full}
     results: dict[str, object] = {}
     for label, model in sets.items():
         started = time.perf_counter()
@@ -122,7 +133,7 @@ def main() -> int:
     whole = results[f"first {len(networks)}"]
     assert isinstance(whole, dict)
     stored = meta.calibration.defect_threshold
-    if abs(float(whole["defect_threshold"]) - stored) > 1e-4:
+    if not args.scales and abs(float(whole["defect_threshold"]) - stored) > 1e-4:
         raise SystemExit(
             f"the full set's threshold here ({whole['defect_threshold']}) is not the stored one "
             f"({stored}): the hold-out was not rebuilt as training built it"
@@ -133,6 +144,7 @@ def main() -> int:
             "dataset": args.dataset,
             "split": "val (unseen); calibrated on the set's own hold-out",
             "model": mv.ref,
+            "scales": list(meta.preprocessing.scales),
             "store": str(args.store),
             "sets": results,
         },

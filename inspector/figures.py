@@ -156,6 +156,9 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
         if not math.isfinite(y):
             continue
         epoch = row.get("epoch")
+        if in_turn and xs and row.get("member") != history[i - 1].get("member"):
+            xs.append(i + 0.5)  # no line from one network's last epoch to the next's first
+            ys.append(math.nan)
         # A set's networks trained one after another: their epochs follow on along the axis.
         xs.append(float(epoch) if epoch is not None and not in_turn else float(i + 1))
         ys.append(y)
@@ -201,7 +204,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     if xs:
         ax_lr = ax_metric.twinx()
         handles += ax_lr.plot(xs, ys, color="tab:grey", linestyle=":", label="learning rate")
-        if all(y > 0 for y in ys):
+        if all(y > 0 for y in ys if not math.isnan(y)):
             ax_lr.set_yscale("log")
         ax_lr.set_ylabel("learning rate")
     if handles:

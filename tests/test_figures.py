@@ -96,3 +96,16 @@ def test_figures_leave_no_pyplot_state(tmp_path):
     assert (
         "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
     )
+
+
+def test_a_sets_history_runs_its_networks_in_turn_along_the_axis(tmp_path):
+    from inspector.figures import _series
+
+    rows = [{"member": m, "epoch": e, "val_loss": 1.0 / e} for m in (1, 2) for e in (1, 2, 3)]
+    xs, ys = _series(rows, "val_loss")
+    # Epochs 1-3 of the second network come after the first's, with a gap in the line.
+    assert xs == [1, 2, 3, 3.5, 4, 5, 6]
+    assert np.isnan(ys[3]) and int(np.isnan(ys).sum()) == 1
+    single = [{"epoch": e, "val_loss": 1.0} for e in (1, 2)]
+    assert _series(single, "val_loss")[0] == [1, 2]
+    assert plot_history(rows, tmp_path / "h.png").stat().st_size > 0
