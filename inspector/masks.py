@@ -7,7 +7,7 @@ map): locations that cover part of a defect must show its class, the rest of the
 good class. Small defects on large parts (a 10-pixel blowhole on a 300-pixel tile) are found
 far more reliably than from image labels alone, as in mixed-supervision surface-inspection
 work. Masks are optional per image: a good part needs none (all of it is good), and a defect
-image without one is trained on its label only.
+image without one, or with an all-black one, is trained on its label only.
 """
 
 from __future__ import annotations
@@ -56,14 +56,15 @@ def load_masks(
 ) -> list[np.ndarray | None]:
     """Binary float32 masks at the size of each (already loaded) image.
 
-    A good image without a mask file gets an empty mask; a defect image without one gets None.
-    Refuses a mask folder that matches no defect image, masks that cannot be read, and masks
-    whose shape is not their image's.
+    A good image without a mask file gets an empty mask; a defect image without one, or with
+    an all-black one (a warning names them), gets None. Refuses a mask folder that matches no
+    defect image, masks that cannot be read, and masks whose shape is not their image's.
     """
     paths = mask_paths(folder, mask_root)
     good = set(good_labels)
     masks: list[np.ndarray | None] = []
     problems: list[str] = []
+    blank: list[Path] = []
     matched_defects = 0
     for sample, path, image in zip(folder.samples, paths, images, strict=True):
         h, w = image.shape[:2]
@@ -86,6 +87,12 @@ def load_masks(
             masks.append(None)
             continue
         binary = (grey > 0.5).astype(np.float32)
+        if sample.label not in good and not binary.any():
+            # An all-black mask on a defect image would teach its every location as good,
+            # against its own label: trained on the label only, as without a mask.
+            blank.append(path)
+            masks.append(None)
+            continue
         masks.append((resize(binary, (h, w)) > 0.0).astype(np.float32))
         if sample.label not in good:
             matched_defects += 1
@@ -97,6 +104,12 @@ def load_masks(
         raise DatasetError(
             f"{mask_root}: no mask matches any of the {defects} defect image(s) under "
             f"{folder.root} (expected MASKS/<class>/<image name>.png)"
+        )
+    if blank:
+        log.warning(
+            "%d defect image(s) have an all-black mask, trained on their label only: %s",
+            len(blank),
+            ", ".join(str(p.relative_to(mask_root)) for p in blank[:10]),
         )
     log.info("masks: %d of %d defect images have one", matched_defects, defects)
     return masks

@@ -99,6 +99,19 @@ def test_masks_are_found_by_name_and_good_parts_need_none(tmp_path: Path):
     assert masks[5] is None  # a defect without a mask: trained on its label only
 
 
+def test_an_all_black_defect_mask_is_no_mask(tmp_path: Path, caplog):
+    # It would teach every location of a defect image as good, against its label.
+    root = spot_dataset(tmp_path, per_class=3)
+    folder = scan_folder(root / "data")
+    cv2.imwrite(str(root / "masks" / "spot" / "1.png"), np.zeros((48, 48), np.uint8))
+    images = [np.zeros((48, 48, 3), np.float32)] * 6
+    with caplog.at_level("WARNING", logger="inspector.masks"):
+        masks = load_masks(folder, root / "masks", images, good_labels=[0])
+    assert masks[4] is None and masks[3] is not None and masks[3].any()
+    assert "1 defect image(s) have an all-black mask" in caplog.text
+    assert "spot/1.png" in caplog.text
+
+
 def test_bad_mask_folders_are_refused(tmp_path: Path):
     root = spot_dataset(tmp_path, per_class=2)
     folder = scan_folder(root / "data")
