@@ -92,6 +92,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         f"defect recall {metrics['defect_recall']}, false rejects {metrics['false_reject_rate']}, "
         f"ECE {metrics['ece']:.4f}; trained in {mv.metadata.training['seconds']:.0f}s"
     )
+    if metrics.get("hardest"):
+        # The hold-out's weakest defect sets the threshold: the images to look at first, and
+        # where more labelled ones (`inspector calibrate`) would move it.
+        _print_hardest(metrics["hardest"], mv.metadata.calibration.defect_threshold, shown=3)
     return 0
 
 

@@ -39,6 +39,8 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert main(["train", str(train_dir), "--name", "steel", *common, *again]) == 0
     out = capsys.readouterr().out
     assert "registered steel:1" in out and "registered steel:2" in out
+    # What set the threshold: the hold-out's lowest-scored defects, named.
+    assert out.count("lowest-scored defects (defect threshold ") == 2
 
     store = ModelStore(cli_env / "models")
     assert store.versions("steel") == [1, 2] and store.production("steel") == 1
