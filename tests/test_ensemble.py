@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -167,32 +168,23 @@ def test_a_finished_network_is_not_trained_again_on_resume(
     train_dir, val_dir = demo_dirs
     store = ModelStore(tmp_path / "store")
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    config = tiny_config(epochs=2, members=2)
-    fit(
+    run = partial(
+        fit,
         train_dir,
         val_dir=val_dir,
         name="p",
         store=store,
-        config=config,
+        config=tiny_config(epochs=2, members=2),
         weights_dir=tmp_path,
         checkpoint_path=ckpt,
     )
+    run()
     assert sorted(p.name for p in ckpt.parent.iterdir()) == [
         "checkpoint-member1.pt",
         "checkpoint-member2.pt",
     ]
     seen: list[tuple[int, int]] = []
-    again = fit(
-        train_dir,
-        val_dir=val_dir,
-        name="p",
-        store=store,
-        config=config,
-        weights_dir=tmp_path,
-        checkpoint_path=ckpt,
-        resume=True,
-        on_epoch=lambda row: seen.append((int(row["member"]), int(row["epoch"]))),
-    )
+    again = run(resume=True, on_epoch=lambda row: seen.append((row["member"], row["epoch"])))
     assert seen == []
     first, _ = store.load("p:1")
     second, _ = store.load(again.ref)
@@ -206,29 +198,19 @@ def test_early_stopped_network_is_not_trained_further_on_resume(
     store = ModelStore(tmp_path / "store")
     ckpt = tmp_path / "run" / "checkpoint.pt"
     # Patience 0 from epoch 1: it stops at the first epoch that does not improve.
-    config = tiny_config(epochs=12, patience=0, min_epochs=0, lr=0.5)
-    first = fit(
+    run = partial(
+        fit,
         train_dir,
         val_dir=val_dir,
         name="s",
         store=store,
-        config=config,
+        config=tiny_config(epochs=12, patience=0, min_epochs=0, lr=0.5),
         weights_dir=tmp_path,
         checkpoint_path=ckpt,
     )
-    assert first.metadata.training["epochs_run"] < 12
+    assert run().metadata.training["epochs_run"] < 12
     seen: list[int] = []
-    fit(
-        train_dir,
-        val_dir=val_dir,
-        name="s",
-        store=store,
-        config=config,
-        weights_dir=tmp_path,
-        checkpoint_path=ckpt,
-        resume=True,
-        on_epoch=lambda row: seen.append(int(row["epoch"])),
-    )
+    run(resume=True, on_epoch=lambda row: seen.append(row["epoch"]))
     assert seen == []
 
 
