@@ -55,6 +55,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "crop_epochs": None,
         "patience": 8,
         "members": 1,
+        "folds": 1,
         "init": "auto",
     },
     "magnetic-tile": {
@@ -70,6 +71,7 @@ RECIPES: dict[str, dict[str, object]] = {
         # in every full run), and two runs stopped at epoch 48-51 lost 5-8 points.
         "patience": 80,
         "members": 1,
+        "folds": 1,
         "init": "neu-cls",
     },
 }
@@ -133,6 +135,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         crop=args.crop,
         crop_epochs=args.crop_epochs,
         members=args.members,
+        folds=args.folds,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -165,6 +168,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "crop": args.crop,
         "crop_epochs": args.crop_epochs,
         "members": args.members,
+        "folds": args.folds,
         "init": mv.metadata.init,
         # The parent's own training time: what starting from it costs on top of this run.
         "init_train_seconds": parent.training["seconds"] if parent else None,
@@ -255,6 +259,13 @@ def main() -> int:
         "--members",
         type=int,
         help="networks trained on the same split and served as one set (TrainConfig.members); "
+        "default: the recipe",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="one network per stratified fold of train, each holding its fold out; the "
+        "threshold is calibrated on all of train, out of fold (TrainConfig.folds); "
         "default: the recipe",
     )
     p.add_argument("--target-recall", type=float, default=0.99)

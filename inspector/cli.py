@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "width": args.width,
         "pool": args.pool,
         "members": args.members,
+        "folds": args.folds,
         "normalise": args.normalise,
         "flips": args.flips,
         "scales": parse_scales(args.scales) if args.scales else None,
@@ -47,6 +48,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     choices = continued_choices(store, args.init) | {
         k: v for k, v in given.items() if v is not None
     }
+    if args.folds is not None and args.members is None:
+        choices["members"] = 1  # a fold set's size is its folds, whatever the parent's was
     config = TrainConfig(
         **choices,
         epochs=args.epochs,
@@ -453,6 +456,14 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         "them as one version, their probabilities averaged and calibrated together: fewer "
         "good parts flagged for the same recall, at that many times the training and "
         "inference time (default: 1, or the --init version's count)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        help="cut DATA_DIR into this many stratified folds and train one network per fold, "
+        "each holding its fold out; served as one set, and calibrated on every image, out of "
+        "fold: the threshold rests on all your labelled defects, not a fifth of them "
+        "(instead of --val and --val-fraction; default: 1, one hold-out, or the --init version's)",
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")

@@ -136,6 +136,31 @@ def stratified_split(
     return folder.subset(sorted(train_idx)), folder.subset(sorted(val_idx))
 
 
+def stratified_folds(folder: LabelledFolder, folds: int, seed: int = 0) -> list[list[int]]:
+    """Seeded per-class folds: every image in exactly one fold, every class in every fold.
+
+    Returns each fold's sample indices. A class's images are dealt round the folds after a
+    seeded shuffle, each class starting where the last one stopped, so fold sizes differ by at
+    most one image."""
+    if folds < 2:
+        raise DatasetError(f"folds must be at least 2, got {folds}")
+    rng = random.Random(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    dealt = 0
+    for label, name in enumerate(folder.classes):
+        idx = [i for i, s in enumerate(folder.samples) if s.label == label]
+        if len(idx) < folds:
+            raise DatasetError(
+                f"{folder.root}: class {name!r} has {len(idx)} image(s); {folds} folds need at "
+                f"least {folds} per class"
+            )
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            parts[(dealt + j) % folds].append(i)
+        dealt += len(idx)
+    return [sorted(part) for part in parts]
+
+
 def fingerprint(folder: LabelledFolder) -> str:
     """sha256 over every (class, relative path, content hash): what a model was trained on."""
     outer = hashlib.sha256()

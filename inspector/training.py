@@ -35,6 +35,7 @@ from inspector.datasets import (
     fingerprint,
     load_images,
     scan_folder,
+    stratified_folds,
     stratified_split,
 )
 from inspector.devices import amp_dtype, autocast, channels_last, select_device, to_device
@@ -111,6 +112,11 @@ class TrainConfig:
     # served as one version, their probabilities averaged (inspector.model.VGGEnsemble): each
     # network's own mistakes weigh less. Training and inference cost grow with the count.
     members: int = 1
+    # Cross-validated set: the training folder is cut into this many stratified folds and one
+    # network trained per fold, holding that fold out. Every labelled image is then held out
+    # once, so the threshold is calibrated on all of them instead of a fifth; the networks are
+    # served as one set, like ``members``. 1: one hold-out (``val_fraction``).
+    folds: int = 1
     max_image_pixels: int = 50_000_000
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +140,13 @@ class TrainConfig:
             raise ConfigurationError(f"average_epochs must be >= 0, got {self.average_epochs}")
         if not 1 <= self.members <= 16:
             raise ConfigurationError(f"members must be between 1 and 16, got {self.members}")
+        if not 1 <= self.folds <= 16:
+            raise ConfigurationError(f"folds must be between 1 and 16, got {self.folds}")
+        if self.folds > 1 and self.members not in (1, self.folds):
+            raise ConfigurationError(
+                f"a set of {self.folds} folds has {self.folds} networks, one per fold; "
+                f"members {self.members} does not fit it"
+            )
         if self.crop is not None:
             if self.crop_epochs is not None and not 0 <= self.crop_epochs <= self.epochs:
                 raise ConfigurationError(
@@ -151,6 +164,11 @@ class TrainConfig:
                     f"crop {self.crop} is larger than the smallest scale {min(self.scales)}: "
                     "every scaled image must hold a whole crop"
                 )
+
+    @property
+    def networks(self) -> int:
+        """How many networks the run trains: one per fold, else ``members``."""
+        return self.folds if self.folds > 1 else self.members
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -269,10 +287,11 @@ FRESH_INITS = frozenset({"auto", "imagenet", "scratch"})
 def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
     """The TrainConfig fields a run continuing from stored version ``init`` takes from it.
 
-    The network's shape and how its images are prepared (scales, normalisation, flipped
-    views, which classes are good): the features it starts from must see their images as they
-    learnt them, and the new version must judge defects as the old one did. A caller overrides
-    any of them by passing the field itself. Empty for a fresh start (imagenet, scratch, auto).
+    The network's shape (a set's size, and its folds) and how its images are prepared (scales,
+    normalisation, flipped views, which classes are good): the features it starts from must see
+    their images as they learnt them, and the new version must judge defects as the old one did.
+    A caller overrides any of them by passing the field itself. Empty for a fresh start
+    (imagenet, scratch, auto).
 
     A parent without a good class (every class a defect) passes none on: its features may start
     a model for another line, whose good parts are then found by name as usual.
@@ -290,6 +309,9 @@ def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
         "flips": meta.preprocessing.flips,
         "members": meta.spec.members,
     }
+    folds = int((meta.training.get("config") or {}).get("folds", 1))
+    if folds > 1:
+        choices["folds"] = folds  # a set cross-validated on its folds continues as one
     good = tuple(c for c in meta.classes if c not in meta.defect_classes)
     if good:
         choices["good_classes"] = good
@@ -406,17 +428,58 @@ class TrainingData:
     val: LabelledFolder
     defect_classes: tuple[str, ...]
 
+    def fingerprints(self) -> dict[str, str]:
+        """What the run trains and selects on: a resumed run must see the same images."""
+        return {"fingerprint": fingerprint(self.train), "val_fingerprint": fingerprint(self.val)}
+
 
 def prepare_data(
     train_dir: Path, val_dir: Path | None, config: TrainConfig, *, min_classes: int = 2
 ) -> TrainingData:
+    """The run's images: training and hold-out parts, or with ``config.folds`` the whole folder
+    on both sides (each image is held out by one network of the set)."""
     folder = scan_folder(train_dir, min_classes=min_classes)
+    defects = defect_classes_of(folder.classes, config.good_classes)
+    if config.folds > 1:
+        if val_dir is not None:
+            raise ConfigurationError(
+                "folds hold out each part of the training folder in turn: train with either "
+                f"folds ({config.folds}) or a separate validation folder, not both (folds 1: "
+                "one hold-out)"
+            )
+        return TrainingData(folder, folder, defects)
     if val_dir is not None:
         val = scan_folder(val_dir, classes=folder.classes)
         train = folder
     else:
         train, val = stratified_split(folder, config.val_fraction, config.seed)
-    return TrainingData(train, val, defect_classes_of(folder.classes, config.good_classes))
+    return TrainingData(train, val, defects)
+
+
+@dataclass
+class Split:
+    """One network's training and hold-out images: indices into the run's loaded images, which
+    are ``data.train`` followed by ``data.val`` (with folds, ``data.train`` alone)."""
+
+    data: TrainingData
+    train: list[int]
+    val: list[int]
+
+
+def data_splits(data: TrainingData, config: TrainConfig) -> list[Split]:
+    """The split of each network: one per fold, else the one hold-out shared by every network."""
+    if config.folds == 1:
+        n = len(data.train.samples)
+        return [Split(data, list(range(n)), list(range(n, n + len(data.val.samples))))]
+    everything = set(range(len(data.train.samples)))
+    splits = []
+    for held_out in stratified_folds(data.train, config.folds, config.seed):
+        rest = sorted(everything - set(held_out))
+        part = TrainingData(
+            data.train.subset(rest), data.train.subset(held_out), data.defect_classes
+        )
+        splits.append(Split(part, rest, held_out))
+    return splits
 
 
 def _checkpoint(
@@ -432,6 +495,7 @@ def _checkpoint(
     bad_epochs: int,
     average: WeightAverage | None,
     stopped: bool = False,
+    data: dict[str, str] | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -447,10 +511,54 @@ def _checkpoint(
             "bad_epochs": bad_epochs,
             "average": average.state_dict() if average is not None else None,
             "stopped": stopped,
+            "data": data or {},
         },
         tmp,
     )
     tmp.replace(path)
+
+
+# Choices a run may change when it resumes: how long and how patiently it trains, where it runs,
+# and what comes after training (calibration). Every other choice shapes the weights, so a
+# checkpoint written under another one is refused rather than silently mixed in.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "patience",
+        "min_epochs",
+        "device",
+        "amp",
+        "workers",
+        "progress",
+        "members",
+        "target_recall",
+        "max_review_rate",
+        "max_image_pixels",
+    }
+)
+
+
+def check_resumable(
+    path: Path, saved: dict[str, Any], config: TrainConfig, data: dict[str, str]
+) -> None:
+    """Refuse a checkpoint written by a run with other choices or other images than this one."""
+    now = config.to_dict()
+    old = saved.get("config") or {}
+    changed = [
+        f"{key} {old[key]!r} (now {now[key]!r})"
+        for key in sorted(now)
+        if key in old and key not in RESUMABLE_CHANGES and old[key] != now[key]
+    ]
+    images = {"fingerprint": "the training images", "val_fingerprint": "the validation images"}
+    for key, what in images.items():
+        before = (saved.get("data") or {}).get(key)
+        if before is not None and before != data.get(key):
+            changed.append(f"{what} (another set of files or contents)")
+    if changed:
+        raise ConfigurationError(
+            f"{path} was written by a different run: {'; '.join(changed)}. Resume with the "
+            "options and images of that run, or train without resuming to start over"
+        )
 
 
 def member_checkpoint(path: Path | None, member: int, members: int) -> Path | None:
@@ -485,11 +593,14 @@ def train_network(
     checkpoint_path: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    fingerprints: dict[str, str],
     member: int | None = None,
 ) -> TrainedNetwork:
     """Run ``config.epochs`` (or fewer, on early stopping) and load the best epoch's weights.
 
     ``member`` numbers the network within a set (from 0): its epochs are labelled with it.
+    ``fingerprints`` (``TrainingData.fingerprints``) go into the checkpoint, and a resumed run
+    must match them.
     """
     started = time.perf_counter()
     classes = data.train.classes
@@ -528,14 +639,17 @@ def train_network(
     judged = average.module if average is not None else model  # what is validated and kept
     use_scaler = config.amp and amp_dtype(device) == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    label = f"network {member + 1}/{config.members} " if member is not None else ""
+    label = f"network {member + 1}/{config.networks} " if member is not None else ""
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"score": None, "epoch": 0, "state": None}
     bad_epochs = 0
     start_epoch = 1
+    if resume and checkpoint_path is not None and not checkpoint_path.is_file():
+        log.warning("%sno checkpoint at %s: training from epoch 1", label, checkpoint_path)
     if resume and checkpoint_path is not None and checkpoint_path.is_file():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        check_resumable(checkpoint_path, ckpt, config, fingerprints)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -561,6 +675,7 @@ def train_network(
                 bad_epochs=bad_epochs,
                 average=average,
                 stopped=stopped,
+                data=fingerprints,
             )
 
     for epoch in range(start_epoch, config.epochs + 1):
@@ -652,38 +767,59 @@ def fit(
     With ``config.members`` above 1 it trains that many networks one after another, each from
     its own seed (``seed``, ``seed + 1``, ...) but on the same split, and registers them as one
     version whose probabilities are their mean, calibrated together on the shared hold-out.
+    With ``config.folds`` above 1, network k holds out fold k instead, and the threshold is
+    calibrated on every image, each scored by the network that held it out.
     """
     ModelRef.parse(name)
     started = time.perf_counter()
     seed_everything(config.seed)
     device = select_device(config.device)
     data = prepare_data(Path(train_dir), Path(val_dir) if val_dir else None, config)
+    prints = data.fingerprints()
+    splits = data_splits(data, config)
     classes = data.train.classes
     pre = Preprocessing.for_scales(config.scales, normalise=config.normalise, flips=config.flips)
     log.info("classes: %s; defects: %s", ", ".join(classes), ", ".join(data.defect_classes))
     log.info("train: %s", data.train.describe())
-    log.info("val:   %s", data.val.describe())
+    if config.folds > 1:
+        log.info("held out: each of %d folds in turn", config.folds)
+    else:
+        log.info("val:   %s", data.val.describe())
 
     max_short = max(pre.scales)
     load = {"max_pixels": config.max_image_pixels, "max_short_side": max_short}
-    train_images = load_images(data.train, **load)
+    # Every image is decoded once: the training folder, then a separate hold-out (not with folds).
+    images = load_images(data.train, **load)
+    labels = data.train.labels()
     good = [i for i, c in enumerate(classes) if c not in data.defect_classes]
     supervision = None
-    train_masks = None
+    masks: list[np.ndarray | None] | None = None
     if config.masks is not None and config.mask_weight > 0:
-        train_masks = load_masks(data.train, Path(config.masks), train_images, good)
+        masks = load_masks(data.train, Path(config.masks), images, good)
         supervision = MaskSupervision(good[0] if good else None, config.mask_weight)
-    val_set = ImageSet(load_images(data.val, **load), data.val.labels())
+    if config.folds == 1:
+        val_images = load_images(data.val, **load)
+        images += val_images
+        labels += data.val.labels()
+        if masks is not None:
+            masks += [None] * len(val_images)
+
+    def part(indices: Sequence[int], augmentation: Augmentation | None, seed: int) -> ImageSet:
+        return ImageSet(
+            [images[i] for i in indices],
+            [labels[i] for i in indices],
+            augmentation,
+            seed=seed,
+            masks=[masks[i] for i in indices] if masks is not None and augmentation else None,
+        )
 
     trained: list[TrainedNetwork] = []
     init_used, parent = "scratch", None
-    for member in range(config.members):
+    for member in range(config.networks):
         seed = config.seed + member
         if member:
             seed_everything(seed)  # the first network trains exactly as a single one would
-        train_set = ImageSet(
-            train_images, data.train.labels(), Augmentation(), seed=seed, masks=train_masks
-        )
+        split = splits[member % len(splits)]
         network = build_model(
             arch=config.arch,
             num_classes=len(classes),
@@ -705,18 +841,19 @@ def fit(
         trained.append(
             train_network(
                 network,
-                train_set,
-                val_set,
-                data,
+                part(split.train, Augmentation(), seed),
+                part(split.val, None, 0),
+                split.data,
                 pre,
                 device,
                 config,
                 seed=seed,
                 supervision=supervision,
-                checkpoint_path=member_checkpoint(checkpoint_path, member, config.members),
+                checkpoint_path=member_checkpoint(checkpoint_path, member, config.networks),
                 resume=resume,
                 on_epoch=on_epoch,
-                member=member if config.members > 1 else None,
+                fingerprints=prints if split.data is data else split.data.fingerprints(),
+                member=member if config.networks > 1 else None,
             )
         )
     model: Network = (
@@ -725,14 +862,30 @@ def fit(
     history = [row for t in trained for row in t.history]
     train_seconds = time.perf_counter() - started
 
-    # Calibrate on the validation set at every scale, then evaluate with that calibration.
-    logits = validation_logits(
-        model, val_set, pre, pre.scales, device, config.batch_size, config.amp
+    # Calibrate on the held-out images at every scale, then evaluate with that calibration.
+    # With folds, each image's logits come from the one network that did not train on it.
+    offset = len(data.train.samples) if config.folds == 1 else 0
+    logits = np.zeros((len(pre.scales), len(data.val.samples), len(classes)), np.float32)
+    scored: list[tuple[Network, Split]] = (
+        [(model, splits[0])]
+        if config.folds == 1
+        else [(t.model, split) for t, split in zip(trained, splits, strict=True)]
     )
-    labels = np.asarray(val_set.labels)
+    for scorer, split in scored:
+        held_out = [i - offset for i in split.val]
+        logits[:, held_out] = validation_logits(
+            scorer,
+            part(split.val, None, 0),
+            pre,
+            pre.scales,
+            device,
+            config.batch_size,
+            config.amp,
+        )
+    val_labels = np.asarray(data.val.labels())
     calibration = calibrate(
         logits,
-        labels,
+        val_labels,
         classes,
         data.defect_classes,
         target_recall=config.target_recall,
@@ -740,7 +893,7 @@ def fit(
     )
     report, figures = evaluate_arrays(
         logits,
-        labels,
+        val_labels,
         classes,
         data.defect_classes,
         calibration,
@@ -763,8 +916,7 @@ def fit(
             "val_root": str(data.val.root) if val_dir else None,
             "train_counts": data.train.counts(),
             "val_counts": data.val.counts(),
-            "fingerprint": fingerprint(data.train),
-            "val_fingerprint": fingerprint(data.val),
+            **prints,
         },
         training={
             "config": config.to_dict(),
@@ -780,8 +932,10 @@ def fit(
                     "epochs_run": len(t.history),
                     "best_epoch": t.best_epoch,
                     "seconds": t.seconds,
+                    # With folds, the fold the network held out (counted from 1).
+                    **({"fold": k + 1} if config.folds > 1 else {}),
                 }
-                for t in trained
+                for k, t in enumerate(trained)
             ],
             "seconds": round(train_seconds, 1),
             "parameters": count_parameters(model),

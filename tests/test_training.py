@@ -1,6 +1,7 @@
 """Fine-tuning on generated data: it learns, calibrates, records, resumes and continues."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,61 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, demo_dirs) -> None
     )
     assert seen == [3]  # epochs 1-2 came from the checkpoint
     assert mv.metadata.training["epochs_run"] == 3
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path: Path, demo_dirs) -> None:
+    train_dir, val_dir = demo_dirs
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+
+    def run(**overrides: object) -> ModelVersion:
+        return fit(
+            train_dir,
+            val_dir=val_dir,
+            name="r",
+            store=ModelStore(tmp_path / "store"),
+            weights_dir=tmp_path,
+            config=tiny_config(**{"epochs": 1, **overrides}),
+            checkpoint_path=ckpt,
+            resume=True,  # no checkpoint yet: a warning, and training from epoch 1
+        )
+
+    run()
+    with pytest.raises(ConfigurationError, match=r"lr 0\.003 \(now 0\.001\)") as refused:
+        run(epochs=2, lr=1e-3)
+    assert str(ckpt) in str(refused.value)
+    with pytest.raises(ConfigurationError, match=r"width 0.125 .now 0.25."):
+        run(epochs=2, width=0.25)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # left as it was
+    # What may change on resuming: the epochs, the patience, the calibration target.
+    mv = run(epochs=2, patience=5, target_recall=0.95)
+    assert mv.metadata.training["epochs_run"] == 2
+
+
+def test_resume_refuses_a_checkpoint_of_other_images(tmp_path: Path, demo_dirs) -> None:
+    train_dir, val_dir = demo_dirs
+    copy = tmp_path / "train"
+    shutil.copytree(train_dir, copy)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+
+    def run(epochs: int) -> ModelVersion:
+        return fit(
+            copy,
+            val_dir=val_dir,
+            name="r",
+            store=ModelStore(tmp_path / "store"),
+            weights_dir=tmp_path,
+            config=tiny_config(epochs=epochs),
+            checkpoint_path=ckpt,
+            resume=epochs > 1,
+        )
+
+    run(1)
+    saved = torch.load(ckpt, weights_only=True)
+    assert len(saved["data"]["fingerprint"]) == 64
+    victim = next((copy / "good").iterdir())
+    victim.write_bytes(next((copy / "crack").iterdir()).read_bytes())  # same name, other image
+    with pytest.raises(ConfigurationError, match="the training images"):
+        run(2)
 
 
 def test_continued_fine_tuning_starts_from_a_stored_version(
