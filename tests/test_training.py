@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -110,22 +111,26 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, demo_dirs) -> None
     assert mv.metadata.training["epochs_run"] == 3
 
 
+def checkpointed_fit(
+    tmp_path: Path, train_dir: Path, val_dir: Path, *, resume: bool = True, **overrides: object
+) -> ModelVersion:
+    """A one-epoch run (unless ``overrides`` say otherwise) checkpointing in tmp_path/run; with
+    ``resume`` and no checkpoint yet, a warning and training from epoch 1."""
+    return fit(
+        train_dir,
+        val_dir=val_dir,
+        name="r",
+        store=ModelStore(tmp_path / "store"),
+        weights_dir=tmp_path,
+        config=tiny_config(**{"epochs": 1, **overrides}),
+        checkpoint_path=tmp_path / "run" / "checkpoint.pt",
+        resume=resume,
+    )
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path: Path, demo_dirs) -> None:
-    train_dir, val_dir = demo_dirs
+    run = partial(checkpointed_fit, tmp_path, *demo_dirs)
     ckpt = tmp_path / "run" / "checkpoint.pt"
-
-    def run(**overrides: object) -> ModelVersion:
-        return fit(
-            train_dir,
-            val_dir=val_dir,
-            name="r",
-            store=ModelStore(tmp_path / "store"),
-            weights_dir=tmp_path,
-            config=tiny_config(**{"epochs": 1, **overrides}),
-            checkpoint_path=ckpt,
-            resume=True,  # no checkpoint yet: a warning, and training from epoch 1
-        )
-
     run()
     with pytest.raises(ConfigurationError, match=r"lr 0\.003 \(now 0\.001\)") as refused:
         run(epochs=2, lr=1e-3)
@@ -142,27 +147,13 @@ def test_resume_refuses_a_checkpoint_of_other_images(tmp_path: Path, demo_dirs) 
     train_dir, val_dir = demo_dirs
     copy = tmp_path / "train"
     shutil.copytree(train_dir, copy)
-    ckpt = tmp_path / "run" / "checkpoint.pt"
-
-    def run(epochs: int) -> ModelVersion:
-        return fit(
-            copy,
-            val_dir=val_dir,
-            name="r",
-            store=ModelStore(tmp_path / "store"),
-            weights_dir=tmp_path,
-            config=tiny_config(epochs=epochs),
-            checkpoint_path=ckpt,
-            resume=epochs > 1,
-        )
-
-    run(1)
-    saved = torch.load(ckpt, weights_only=True)
+    checkpointed_fit(tmp_path, copy, val_dir, resume=False)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert len(saved["data"]["fingerprint"]) == 64
     victim = next((copy / "good").iterdir())
     victim.write_bytes(next((copy / "crack").iterdir()).read_bytes())  # same name, other image
     with pytest.raises(ConfigurationError, match="the training images"):
-        run(2)
+        checkpointed_fit(tmp_path, copy, val_dir, epochs=2)
 
 
 def test_continued_fine_tuning_starts_from_a_stored_version(
