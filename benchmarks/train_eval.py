@@ -48,6 +48,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "scales": "160,192,224",
         "epochs": 32,
         "pool": "avg",
+        "stride": 32,
         "masks": False,
         "flips": False,
         "average_epochs": 2.0,
@@ -62,6 +63,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "scales": "224,256,288",
         "epochs": 80,
         "pool": "max",
+        "stride": 32,
         "masks": True,
         "flips": True,
         "average_epochs": 2.0,
@@ -130,6 +132,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         target_recall=args.target_recall,
         seed=args.seed,
         pool=args.pool,
+        stride=args.stride,
         masks=str(DATASETS / dataset / "masks" / "train") if args.masks else None,
         average_epochs=args.average_epochs,
         crop=args.crop,
@@ -161,6 +164,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "parameters": mv.metadata.training["parameters"],
         "scales": list(config.scales),
         "pool": args.pool,
+        "stride": args.stride,
         "normalise": args.normalise,
         "masks": bool(args.masks),
         "flips": bool(args.flips),
@@ -227,6 +231,12 @@ def main() -> int:
     )
     p.add_argument("--scales", help="default: the dataset's recipe (RECIPES)")
     p.add_argument("--pool", choices=["avg", "max"], help="default: the dataset's recipe")
+    p.add_argument(
+        "--stride",
+        type=int,
+        choices=[16, 32],
+        help="output stride of the features (TrainConfig.stride); default: the recipe",
+    )
     p.add_argument(
         "--masks",
         action=argparse.BooleanOptionalAction,

@@ -38,6 +38,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "arch": args.arch,
         "width": args.width,
         "pool": args.pool,
+        "stride": args.stride,
         "members": args.members,
         "folds": args.folds,
         "normalise": args.normalise,
@@ -406,6 +407,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         "--pool",
         choices=["avg", "max"],
         help="global pooling of the head: avg (default) or max (small defects)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        choices=[16, 32],
+        help="output stride of the features: 32 (torchvision's VGG, default) or 16 (without "
+        "its last max-pool: activation maps and mask supervision at twice the resolution)",
     )
     p.add_argument(
         "--normalise",

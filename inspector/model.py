@@ -42,6 +42,12 @@ MIN_CHANNELS = 8
 # needs (the maps then still show where it is).
 POOLS: dict[str, type[nn.Module]] = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 
+# Output stride of the feature maps: 32 is torchvision's VGG; 16 leaves out its last max-pool
+# (no weights, no conv work saved or added), so the class activation maps and the defect
+# masks that supervise them have twice the resolution, and a defect a few pixels wide at the
+# edge of a part covers a whole location rather than a quarter of one.
+STRIDES = (16, 32)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -53,8 +59,11 @@ class ModelSpec:
     dropout: float = 0.2
     pool: str = "avg"
     members: int = 1  # networks averaged (VGGEnsemble); 1 is a single network
+    stride: int = 32  # output stride of the features (STRIDES)
 
     def __post_init__(self) -> None:
+        if self.stride not in STRIDES:
+            raise ConfigurationError(f"stride must be one of {STRIDES}, got {self.stride}")
         if self.members < 1:
             raise ConfigurationError(f"a model has at least 1 network, got {self.members}")
 
@@ -66,6 +75,7 @@ class ModelSpec:
             "dropout": self.dropout,
             "pool": self.pool,
             "members": self.members,
+            "stride": self.stride,
         }
 
     @classmethod
@@ -77,6 +87,7 @@ class ModelSpec:
             dropout=float(str(data.get("dropout", 0.2))),
             pool=str(data.get("pool", "avg")),
             members=int(str(data.get("members", 1))),
+            stride=int(str(data.get("stride", 32))),
         )
 
 
@@ -106,6 +117,7 @@ class VGGClassifier(nn.Module):
         width: float = 1.0,
         dropout: float = 0.2,
         pool: str = "avg",
+        stride: int = 32,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -113,8 +125,14 @@ class VGGClassifier(nn.Module):
         if pool not in POOLS:
             raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         cfg, batch_norm = layer_config(arch, width)
-        self.spec = ModelSpec(arch, num_classes, width=width, dropout=dropout, pool=pool)
+        self.spec = ModelSpec(
+            arch, num_classes, width=width, dropout=dropout, pool=pool, stride=stride
+        )
         self.features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
+        if stride == 16:
+            # torchvision's layers less the trailing max-pool: the same weights under the same
+            # names, so a stride-32 model's features load into it and the other way round.
+            self.features = self.features[:-1]
         channels = [v for v in cfg if isinstance(v, int)][-1]
         self.pool = POOLS[pool](1)
         self.dropout = nn.Dropout(dropout)
@@ -221,11 +239,17 @@ Network = VGGClassifier | VGGEnsemble
 
 
 def build_model(
-    *, arch: str, num_classes: int, width: float = 1.0, dropout: float = 0.2, pool: str = "avg"
+    *,
+    arch: str,
+    num_classes: int,
+    width: float = 1.0,
+    dropout: float = 0.2,
+    pool: str = "avg",
+    stride: int = 32,
 ) -> VGGClassifier:
     """A fresh (randomly initialised) classifier."""
     return VGGClassifier(
-        arch=arch, num_classes=num_classes, width=width, dropout=dropout, pool=pool
+        arch=arch, num_classes=num_classes, width=width, dropout=dropout, pool=pool, stride=stride
     )
 
 
@@ -238,6 +262,7 @@ def model_from_spec(spec: ModelSpec) -> Network:
             width=spec.width,
             dropout=spec.dropout,
             pool=spec.pool,
+            stride=spec.stride,
         )
         for _ in range(spec.members)
     ]

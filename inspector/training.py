@@ -91,6 +91,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     dropout: float = 0.2
     pool: str = "avg"
+    stride: int = 32  # output stride of the features (inspector.model.STRIDES)
     # Per-image standardisation: surfaces are lit and exposed differently from part to part and
     # line to line; a fixed mean/std lets the network learn brightness as a class cue.
     normalise: str = "image"
@@ -303,6 +304,7 @@ def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
         "arch": meta.spec.arch,
         "width": meta.spec.width,
         "pool": meta.spec.pool,
+        "stride": meta.spec.stride,
         "dropout": meta.spec.dropout,
         "scales": tuple(meta.preprocessing.scales),
         "normalise": meta.preprocessing.normalise,
@@ -826,6 +828,7 @@ def fit(
             width=config.width,
             dropout=config.dropout,
             pool=config.pool,
+            stride=config.stride,
         )
         init_used, parent = initialise(network, config, store, weights_dir, classes, member)
         network.freeze_blocks(config.freeze_blocks)

@@ -3,7 +3,14 @@ import torch
 from torchvision.models import vgg as tv_vgg
 
 from inspector.errors import ConfigurationError
-from inspector.model import ARCHITECTURES, build_model, count_parameters, layer_config
+from inspector.model import (
+    ARCHITECTURES,
+    ModelSpec,
+    build_model,
+    count_parameters,
+    layer_config,
+    model_from_spec,
+)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -41,6 +48,36 @@ def test_class_activation_maps_are_the_head_applied_to_features() -> None:
     assert cam.shape == (1, 3, 2, 2)
     # GAP of the CAM plus the bias is the logit: the maps explain the decision exactly.
     assert torch.allclose(cam.mean(dim=(2, 3)) + model.head.bias, logits, atol=1e-5)
+
+
+def test_stride_16_doubles_the_map_resolution_with_the_same_weights() -> None:
+    coarse = build_model(arch="vgg11_bn", num_classes=3, width=0.125).eval()
+    fine = build_model(arch="vgg11_bn", num_classes=3, width=0.125, stride=16).eval()
+    # Only the last max-pool goes: a stride-32 model's weights load as they are.
+    fine.load_state_dict(coarse.state_dict())
+    assert count_parameters(fine) == count_parameters(coarse)
+    assert len(fine.conv_blocks()) == 5
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        _, cam32 = coarse.forward_with_cam(x)
+        logits, cam16 = fine.forward_with_cam(x)
+    assert cam32.shape == (1, 3, 2, 3) and cam16.shape == (1, 3, 4, 6)
+    assert torch.allclose(cam16.mean(dim=(2, 3)) + fine.head.bias, logits, atol=1e-5)
+    # The last max-pool of the fine maps is the coarse model's feature map.
+    assert torch.allclose(
+        torch.nn.functional.max_pool2d(fine.features(x), 2), coarse.features(x), atol=1e-6
+    )
+
+
+def test_stride_is_part_of_the_spec_and_rebuilds() -> None:
+    spec = build_model(arch="vgg11_bn", num_classes=3, width=0.125, stride=16).spec
+    assert spec.stride == 16
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec.from_dict({"arch": "vgg11", "num_classes": 2}).stride == 32  # older models
+    rebuilt = model_from_spec(spec)
+    assert rebuilt.spec == spec
+    with pytest.raises(ConfigurationError, match="stride must be one of"):
+        ModelSpec("vgg11", 2, stride=8)
 
 
 def test_freeze_blocks_stops_gradients_in_those_blocks_only() -> None:
