@@ -43,7 +43,14 @@ from inspector.errors import ConfigurationError
 from inspector.evaluation import evaluate_predictions
 from inspector.figures import plot_history
 from inspector.masks import MaskSupervision, load_masks
-from inspector.model import Network, VGGClassifier, VGGEnsemble, build_model, count_parameters
+from inspector.model import (
+    STRIDES,
+    Network,
+    VGGClassifier,
+    VGGEnsemble,
+    build_model,
+    count_parameters,
+)
 from inspector.preprocessing import (
     DEFAULT_SCALES,
     NORMALISATIONS,
@@ -133,6 +140,8 @@ class TrainConfig:
             raise ConfigurationError(
                 f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}"
             )
+        if self.stride not in STRIDES:
+            raise ConfigurationError(f"stride must be one of {STRIDES}, got {self.stride}")
         if self.mask_weight < 0:
             raise ConfigurationError(f"mask weight must be >= 0, got {self.mask_weight}")
         if self.lr <= 0:

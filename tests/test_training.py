@@ -280,10 +280,13 @@ def test_early_stopping_counts_patience_after_half_the_epochs(tmp_path: Path, de
         assert mv.metadata.training["epochs_run"] == len(expected)
 
 
-def test_normalisation_is_checked_up_front() -> None:
+def test_normalisation_and_stride_are_checked_up_front() -> None:
     assert tiny_config(normalise="fixed").normalise == "fixed"
     with pytest.raises(ConfigurationError):
         tiny_config(normalise="per-pixel")
+    assert tiny_config(stride=16).stride == 16
+    with pytest.raises(ConfigurationError, match="stride must be one of"):
+        tiny_config(stride=8)
 
 
 def test_continuing_takes_the_parents_choices_but_not_an_empty_good_set(
