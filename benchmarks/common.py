@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from inspector.preprocessing import Preprocessing
 from inspector.store import ModelMetadata, ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT.parent / "shared" / "datasets"
-RESULTS = ROOT / "benchmarks" / "results"
+# The shared datasets beside the checkout; INSPECTOR_DATASETS points elsewhere (on the GPU
+# machine, where ../shared does not travel: benchmarks/device_run.sh).
+DATASETS = Path(os.environ.get("INSPECTOR_DATASETS") or ROOT.parent / "shared" / "datasets")
+RESULTS = Path(os.environ.get("INSPECTOR_RESULTS") or ROOT / "benchmarks" / "results")
 
 
 def register_fresh_model(

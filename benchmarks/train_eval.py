@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATASETS, RESULTS, ROOT
 
 from inspector.inference import Classifier
 from inspector.preprocessing import parse_scales
@@ -33,8 +34,6 @@ from inspector.reports import evaluate_folder
 from inspector.store import ModelStore
 from inspector.training import TrainConfig, fit
 
-ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT.parent / "shared" / "datasets"
 GOOD = {"neu-cls": None, "magnetic-tile": ("free",)}
 # Each dataset's recipe where the command line does not say: NEU's 200 px textures are read
 # at about their own resolution; magnetic tile's small defects on larger, varied frames need
@@ -288,7 +287,7 @@ def main() -> int:
     parsed = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("inspector.training").setLevel(logging.INFO)  # one line per epoch
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     names = ["neu-cls", "magnetic-tile"] if parsed.dataset == "all" else [parsed.dataset]
     with tempfile.TemporaryDirectory() as tmp:

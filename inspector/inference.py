@@ -97,12 +97,14 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) 
     except torch.cuda.OutOfMemoryError:
         if batch.shape[0] == 1:
             raise
-        torch.cuda.empty_cache()
-        half = batch.shape[0] // 2
-        log.warning("CUDA out of memory on a batch of %d; retrying in halves", batch.shape[0])
-        return np.concatenate(
-            [_forward(model, batch[:half], device), _forward(model, batch[half:], device)]
-        )
+    # Retried here, after the handler: while the error is handled its traceback holds the
+    # failed pass's activations, which no cache flush could free.
+    torch.cuda.empty_cache()
+    half = batch.shape[0] // 2
+    log.warning("CUDA out of memory on a batch of %d; retrying in halves", batch.shape[0])
+    return np.concatenate(
+        [_forward(model, batch[:half], device), _forward(model, batch[half:], device)]
+    )
 
 
 class Classifier:

@@ -5,21 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pytest
-from sqlalchemy import Engine
 
-from inspector.db.engine import make_engine, upgrade
-from inspector.db.testing import (
-    DatabaseUnavailableError,
-    postgres_test_url,
-    scratch_postgres_engine,
-)
 from inspector.demo_data import generate_demo_dataset
 from inspector.store import ModelStore, ModelVersion
 from inspector.training import TrainConfig, fit
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 # A compact network and small inputs: the whole suite runs on two CPU cores.
 TINY = {"arch": "vgg11_bn", "width": 0.125, "scales": (64, 96), "pool": "max"}
@@ -84,6 +81,15 @@ def noise_image(
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty database: a new SQLite file, or a new schema on the PostgreSQL server."""
+    # Imported here, not at the top: the model tests (tests/test_cuda.py on a GPU machine
+    # without the service's packages) need no database.
+    from inspector.db.engine import make_engine
+    from inspector.db.testing import (
+        DatabaseUnavailableError,
+        postgres_test_url,
+        scratch_postgres_engine,
+    )
+
     with ExitStack() as stack:
         if request.param == "sqlite":
             engine = make_engine(f"sqlite:///{tmp_path / 'db' / 'inspector.db'}")
@@ -99,5 +105,7 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
 @pytest.fixture
 def engine(empty_engine: Engine) -> Engine:
     """A migrated database on each backend."""
+    from inspector.db.engine import upgrade
+
     upgrade(empty_engine)
     return empty_engine

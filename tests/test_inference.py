@@ -1,12 +1,15 @@
 """Multi-scale prediction with a stored, calibrated model."""
 
+import logging
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from inspector.imaging import read_image
-from inspector.inference import Classifier
+from inspector.inference import Classifier, _forward
+from inspector.model import build_model
 from inspector.store import ModelStore, ModelVersion
 
 
@@ -97,3 +100,36 @@ def test_flipped_views_average_the_logits_of_the_flipped_images(classifier, demo
     assert with_views.shape == (len(plain.preprocessing.scales), 5, len(plain.classes))
     assert np.allclose(with_views, by_hand.mean(axis=1), atol=1e-4)
     assert not np.allclose(with_views, by_hand[:, 0], atol=1e-3), "the views changed nothing"
+
+
+def test_a_batch_that_runs_out_of_gpu_memory_is_split_until_it_fits(caplog) -> None:
+    """The out-of-memory retry itself, on any machine: a network that 'runs out of memory' on
+    batches above 3 images gives the logits it gives a batch at a time, and a single image
+    that still does not fit raises (tests/test_cuda.py makes a real GPU run out)."""
+    torch.manual_seed(0)
+    net = build_model(arch="vgg11_bn", num_classes=3, width=0.125).eval()
+    sizes: list[int] = []
+
+    class Limited(torch.nn.Module):
+        def __init__(self, limit: int) -> None:
+            super().__init__()
+            self.limit = limit
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            sizes.append(int(x.shape[0]))
+            if x.shape[0] > self.limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return net(x)
+
+    batch = torch.rand(10, 3, 48, 64)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        expected = np.concatenate([net(batch[i : i + 1]).numpy() for i in range(10)])
+        with caplog.at_level(logging.WARNING, logger="inspector.inference"):
+            got = _forward(Limited(3), batch, cpu)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert sizes[0] == 10 and max(s for s in sizes if s <= 3) <= 3
+    assert sum(s for s in sizes if s <= 3) == 10  # every image ran exactly once in the end
+    assert "retrying in halves" in caplog.text
+    with pytest.raises(torch.cuda.OutOfMemoryError), torch.inference_mode():
+        _forward(Limited(0), batch[:2], cpu)
