@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +96,37 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         f"defect recall {metrics['defect_recall']}, false rejects {metrics['false_reject_rate']}, "
         f"ECE {metrics['ece']:.4f}; trained in {mv.metadata.training['seconds']:.0f}s"
     )
+    where = "the validation folder" if args.val else "the hold-out"
+    _print_recall_evidence(metrics, mv.metadata.calibration.target_recall, where)
     if metrics.get("hardest"):
         # The hold-out's weakest defect sets the threshold: the images to look at first, and
         # where more labelled ones (`inspector calibrate`) would move it.
         _print_hardest(metrics["hardest"], mv.metadata.calibration.defect_threshold, shown=3)
     return 0
+
+
+def _print_recall_evidence(metrics: Mapping[str, Any], target: float, where: str) -> None:
+    """How far the labelled defects vouch for the recall: a few dozen cannot show 99%."""
+    from inspector.evaluation import RECALL_CONFIDENCE, defects_to_show
+
+    lower = metrics.get("defect_recall_lower_95")
+    if lower is None or metrics.get("defect_recall") is None:
+        return
+    defects = sum(
+        row["support"]
+        for cls, row in metrics["per_class"].items()
+        if cls in metrics["defect_classes"]
+    )
+    line = (
+        f"  recall {metrics['defect_recall']:.1%} on the {defects} defects of {where}: at least "
+        f"{lower:.1%} with {RECALL_CONFIDENCE:.0%} confidence"
+    )
+    if lower < target < 1.0:
+        line += (
+            f"; showing {target:.0%} takes {defects_to_show(target)} defects with none missed "
+            "(`inspector calibrate` refits on more labelled images)"
+        )
+    print(line)
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,22 +153,23 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         "accuracy",
         "macro_f1",
         "defect_recall",
+        "defect_recall_lower_95",
         "false_reject_rate",
         "flagged_good_rate",
         "ece",
         "defect_auc",
     ):
         value = report[key]
-        print(f"  {key:18s} {'n/a' if value is None else f'{value:.4f}'}")
+        print(f"  {key:22s} {'n/a' if value is None else f'{value:.4f}'}")
     if report["false_rejects_at_recall"]:
         # What another threshold would do on this set: good parts flagged at each recall.
         curve = ", ".join(
             f"{float(r):.0%} -> {v:.1%}" for r, v in report["false_rejects_at_recall"].items()
         )
-        print(f"  {'good flagged at recall':18s} {curve}")
+        print(f"  {'good flagged at recall':22s} {curve}")
     for cls, row in report["per_class"].items():
         print(
-            f"  {cls:18s} P {row['precision']:.3f} R {row['recall']:.3f} "
+            f"  {cls:22s} P {row['precision']:.3f} R {row['recall']:.3f} "
             f"F1 {row['f1']:.3f} (n={row['support']})"
         )
     _print_hardest(report["hardest"], report["calibration"]["defect_threshold"])
@@ -192,6 +219,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         shown = ["n/a" if v is None else f"{v:.4f}" for v in (old, new)]
         print(f"  {label:22s} {shown[0]:>14s} {shown[1]:>14s}")
     print("  (both measured on these images; the new thresholds were fitted on them)")
+    _print_recall_evidence(metrics, mv.metadata.calibration.target_recall, str(args.data_dir))
     _print_hardest(metrics["hardest"], mv.metadata.calibration.defect_threshold)
     if not args.promote:
         print(f"not in production: inspector models promote {mv.ref}")

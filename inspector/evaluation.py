@@ -170,6 +170,56 @@ def false_rejects_at_recall(
     return out
 
 
+RECALL_CONFIDENCE = 0.95
+
+
+def recall_lower_bound(
+    caught: int, total: int, confidence: float = RECALL_CONFIDENCE
+) -> float | None:
+    """The recall that ``caught`` of ``total`` defects shows with ``confidence``: the one-sided
+    Clopper-Pearson lower bound, the smallest true recall under which catching this many or
+    more has a chance of at least 1 - ``confidence``. None without defects.
+
+    With none missed it is (1 - confidence) ** (1 / total): 47 of 47 shows 93.8% at 95%, and
+    showing 99% takes ``defects_to_show(0.99)`` = 299 defects without a miss.
+    """
+    if not 0 <= caught <= total:
+        raise ConfigurationError(f"caught must lie in [0, {total}], got {caught}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigurationError(f"confidence must lie in (0, 1), got {confidence}")
+    if total == 0:
+        return None
+    if caught == 0:
+        return 0.0
+    alpha = 1.0 - confidence
+    if caught == total:
+        return float(alpha ** (1.0 / total))
+    j = np.arange(caught, total + 1)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, total + 1)))])
+    log_comb = log_fact[total] - log_fact[j] - log_fact[total - j]
+
+    def upper_tail(p: float) -> float:  # P(X >= caught) for X ~ Binomial(total, p)
+        terms = log_comb + j * math.log(p) + (total - j) * math.log1p(-p)
+        top = float(terms.max())
+        return math.exp(top) * float(np.exp(terms - top).sum())
+
+    lo, hi = 0.0, caught / total  # the tail rises with p; at the observed rate it exceeds alpha
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if mid > 0.0 and upper_tail(mid) >= alpha:
+            hi = mid
+        else:
+            lo = mid
+    return float(lo)
+
+
+def defects_to_show(recall: float, confidence: float = RECALL_CONFIDENCE) -> int:
+    """How many defects, every one caught, it takes to show ``recall`` with ``confidence``."""
+    if not 0.0 < recall < 1.0:
+        raise ConfigurationError(f"recall must lie in (0, 1), got {recall}")
+    return math.ceil(math.log(1.0 - confidence) / math.log(recall) - 1e-9)
+
+
 def _round(value: Any) -> Any:
     """Plain JSON types, floats rounded to 6 places (recursively)."""
     if isinstance(value, dict):
@@ -192,6 +242,8 @@ class EvaluationReport:
     ``defect_recall``: fraction of true-defect images predicted defect (score >= threshold).
     ``false_reject_rate``: fraction of true-good images predicted defect.
     ``flagged_good_rate``: fraction of true-good images flagged (defect or sent to review).
+    ``defect_recall_lower_95``: the recall this set shows with 95% confidence
+    (``recall_lower_bound``): how far a set this size can vouch for ``defect_recall``.
     ``defect_auc`` and ``false_rejects_at_recall``: how well the defect scores separate defects
     from good parts on this set, whatever the threshold (see their functions).
     Each is ``None`` when the set has no image of the kind it divides by.
@@ -211,6 +263,7 @@ class EvaluationReport:
     threshold: float
     defect_auc: float | None = None
     false_rejects_at_recall: dict[str, float] | None = None
+    defect_recall_lower_95: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable plain types only; floats rounded to 6 places."""
@@ -223,6 +276,7 @@ class EvaluationReport:
             "per_class": _round(self.per_class),
             "confusion": _round(self.confusion),
             "defect_recall": _round(self.defect_recall),
+            "defect_recall_lower_95": _round(self.defect_recall_lower_95),
             "false_reject_rate": _round(self.false_reject_rate),
             "flagged_good_rate": _round(self.flagged_good_rate),
             "ece": _round(self.ece),
@@ -312,4 +366,7 @@ def evaluate_predictions(
         threshold=float(threshold),
         defect_auc=defect_auc(scores, is_defect),
         false_rejects_at_recall=false_rejects_at_recall(scores, is_defect),
+        defect_recall_lower_95=recall_lower_bound(
+            int(predicted_defect[is_defect].sum()), n_defect, 0.95
+        ),
     )

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from inspector.cli import main
+from inspector.evaluation import recall_lower_bound
 from inspector.store import ModelStore, ModelVersion
 
 
@@ -41,6 +42,9 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert "registered steel:1" in out and "registered steel:2" in out
     # What set the threshold: the hold-out's lowest-scored defects, named.
     assert out.count("lowest-scored defects (defect threshold ") == 2
+    # And how far those defects vouch for the recall (80 in the val folder: at most 96.3%).
+    assert "on the 80 defects of the validation folder: at least " in out
+    assert "defects of the hold-out: at least " in out and out.count("95% confidence") == 2
 
     store = ModelStore(cli_env / "models")
     assert store.versions("steel") == [1, 2] and store.production("steel") == 1
@@ -61,6 +65,9 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     assert "accuracy" in printed and "defect_auc" in printed
     assert "good flagged at recall" in printed and "99% -> " in printed
     assert 0.0 <= report["defect_auc"] <= 1.0
+    assert "defect_recall_lower_95" in printed
+    caught = round(report["defect_recall"] * 80)
+    assert report["defect_recall_lower_95"] == pytest.approx(recall_lower_bound(caught, 80))
     assert set(report["false_rejects_at_recall"]) == {"0.95", "0.99", "1"}
     assert "lowest-scored defects (defect threshold" in printed
     weakest = report["hardest"]["defects"][0]

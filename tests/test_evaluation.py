@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -8,9 +9,11 @@ from inspector.evaluation import (
     confusion_matrix,
     defect_auc,
     defect_scores,
+    defects_to_show,
     evaluate_predictions,
     expected_calibration_error,
     false_rejects_at_recall,
+    recall_lower_bound,
     reliability_bins,
 )
 
@@ -238,6 +241,7 @@ def test_report_to_dict_is_json_and_rounded():
         "per_class",
         "confusion",
         "defect_recall",
+        "defect_recall_lower_95",
         "false_reject_rate",
         "flagged_good_rate",
         "ece",
@@ -257,3 +261,40 @@ def test_evaluate_rejects_bad_input():
         evaluate_predictions(probs, np.array([0]), ["ok", "nok", "x"], ["nok"])
     with pytest.raises(ConfigurationError):
         evaluate_predictions(np.zeros((0, 2)), np.zeros(0, dtype=int), ["ok", "nok"], ["nok"])
+
+
+def _binomial_upper_tail(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+
+@pytest.mark.parametrize(("caught", "total"), [(1, 1), (7, 10), (46, 47), (95, 100), (20, 20)])
+def test_recall_lower_bound_is_the_clopper_pearson_bound(caught, total) -> None:
+    bound = recall_lower_bound(caught, total)
+    assert 0.0 < bound <= caught / total
+    # At the bound, catching this many or more has exactly the 5% chance left over.
+    assert _binomial_upper_tail(caught, total, bound) == pytest.approx(0.05, abs=1e-6)
+    assert _binomial_upper_tail(caught, total, bound - 0.01) < 0.05
+
+
+def test_recall_lower_bound_in_figures_a_quality_engineer_meets() -> None:
+    # 47 unseen defects all found vouch for 93.8%, not for 99%.
+    assert recall_lower_bound(47, 47) == pytest.approx(0.05 ** (1 / 47))
+    assert recall_lower_bound(47, 47) == pytest.approx(0.938, abs=5e-4)
+    assert recall_lower_bound(99, 100) == pytest.approx(0.9534, abs=5e-4)
+    assert defects_to_show(0.99) == 299
+    assert recall_lower_bound(299, 299) >= 0.99 > recall_lower_bound(298, 298)
+    assert recall_lower_bound(46, 47) < recall_lower_bound(47, 47)
+    assert recall_lower_bound(0, 5) == 0.0 and recall_lower_bound(0, 0) is None
+    with pytest.raises(ConfigurationError):
+        recall_lower_bound(6, 5)
+
+
+def test_reports_say_how_much_their_defects_vouch_for() -> None:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.6, 0.4]])
+    report = evaluate_predictions(probs, [0, 1, 1, 1], ["good", "dent"], ["dent"], threshold=0.5)
+    assert report.defect_recall == pytest.approx(2 / 3)
+    assert report.to_dict()["defect_recall_lower_95"] == pytest.approx(
+        recall_lower_bound(2, 3), abs=1e-6
+    )
+    only_good = evaluate_predictions(probs[:1], [0], ["good", "dent"], ["dent"])
+    assert only_good.defect_recall_lower_95 is None

@@ -88,5 +88,6 @@ def test_the_command_prints_old_and_new_and_promotes_when_asked(
     new = f"demo:{trained.metadata.version + 1}"
     assert f"registered {new}: the weights of {ref}" in out
     assert "defect threshold" in out and "good flagged" in out
+    assert f"defects of {more_images}: at least " in out and "with 95% confidence" in out
     assert "lowest-scored defects" in out
     assert store_copy.production("demo") == trained.metadata.version + 1
