@@ -56,6 +56,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "patience": 8,
         "members": 1,
         "folds": 1,
+        "good_per_epoch": 1.0,
         "init": "auto",
     },
     "magnetic-tile": {
@@ -73,6 +74,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "patience": 80,
         "members": 1,
         "folds": 1,
+        "good_per_epoch": 1.0,
         "init": "neu-cls",
     },
 }
@@ -138,6 +140,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         crop_epochs=args.crop_epochs,
         members=args.members,
         folds=args.folds,
+        good_per_epoch=args.good_per_epoch,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -172,6 +175,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "crop_epochs": args.crop_epochs,
         "members": args.members,
         "folds": args.folds,
+        "good_per_epoch": args.good_per_epoch,
         "init": mv.metadata.init,
         # The parent's own training time: what starting from it costs on top of this run.
         "init_train_seconds": parent.training["seconds"] if parent else None,
@@ -276,6 +280,12 @@ def main() -> int:
         help="one network per stratified fold of train, each holding its fold out; the "
         "threshold is calibrated on all of train, out of fold (TrainConfig.folds); "
         "default: the recipe",
+    )
+    p.add_argument(
+        "--good-per-epoch",
+        type=float,
+        help="share of the good images each epoch trains on, drawn afresh each epoch "
+        "(TrainConfig.good_per_epoch); default: the recipe",
     )
     p.add_argument("--target-recall", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)

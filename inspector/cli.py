@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         init=args.init,
         freeze_blocks=args.freeze_blocks,
         balance=not args.no_balance,
+        good_per_epoch=args.good_per_epoch,
         patience=args.patience,
         seed=args.seed,
         val_fraction=args.val_fraction,
@@ -509,6 +510,14 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--good-classes", help="comma-separated classes that are not defects")
     p.add_argument("--target-recall", type=float, default=0.99, help="defect recall to reach")
     p.add_argument("--no-balance", action="store_true", help="no class-weighted loss")
+    p.add_argument(
+        "--good-per-epoch",
+        type=float,
+        default=1.0,
+        help="share of the good images each epoch trains on, drawn afresh every epoch (defect "
+        "images train every epoch): shorter epochs where good parts are most of the data "
+        "(default 1: all)",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
         "--no-amp",

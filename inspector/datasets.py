@@ -309,7 +309,11 @@ class ImageSet(Dataset[Item]):
 
 
 class ShapeBatchSampler(Sampler[list[int]]):
-    """Seeded shuffled batches of images that share a target shape (aspect-ratio buckets)."""
+    """Seeded shuffled batches of images that share a target shape (aspect-ratio buckets).
+
+    ``shares`` (one per image, in (0, 1]) lets an epoch take only part of some images: of the
+    images that share a value below 1, that share of them (rounded), drawn afresh each epoch.
+    """
 
     def __init__(
         self,
@@ -319,7 +323,13 @@ class ShapeBatchSampler(Sampler[list[int]]):
         shuffle: bool,
         seed: int = 0,
         pool_remainders: bool = False,
+        shares: Sequence[float] | None = None,
     ) -> None:
+        if shares is not None and (
+            len(shares) != len(keys) or not all(0.0 < v <= 1.0 for v in shares)
+        ):
+            raise ValueError("shares must give each image a value in (0, 1]")
+        self.shares = list(shares) if shares is not None else None
         self.keys = list(keys)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -332,9 +342,20 @@ class ShapeBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _epoch_images(self, rng: random.Random) -> list[int]:
+        if self.shares is None:
+            return list(range(len(self.keys)))
+        groups: dict[float, list[int]] = {}
+        for i, share in enumerate(self.shares):
+            groups.setdefault(share, []).append(i)
+        chosen: list[int] = []
+        for share, idx in groups.items():
+            chosen += idx if share >= 1.0 else rng.sample(idx, max(1, round(share * len(idx))))
+        return sorted(chosen)
+
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.keys)))
+        order = self._epoch_images(rng)
         if self.shuffle:
             rng.shuffle(order)
         buckets: dict[tuple[int, int], list[int]] = {}

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,10 @@ class TrainConfig:
     init: str = "auto"
     freeze_blocks: int = 0
     balance: bool = True
+    # The share of the good images each epoch trains on, drawn afresh every epoch; defect
+    # images all train every epoch. Where good parts are most of the data (magnetic tile: 70%)
+    # an epoch costs that much less; the loss weights follow the epoch's mix.
+    good_per_epoch: float = 1.0
     patience: int = 8
     min_epochs: int | None = None
     seed: int = 0
@@ -146,6 +150,10 @@ class TrainConfig:
             raise ConfigurationError(f"mask weight must be >= 0, got {self.mask_weight}")
         if self.lr <= 0:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
+        if not 0.0 < self.good_per_epoch <= 1.0:
+            raise ConfigurationError(
+                f"good_per_epoch must lie in (0, 1], got {self.good_per_epoch}"
+            )
         if self.average_epochs < 0:
             raise ConfigurationError(f"average_epochs must be >= 0, got {self.average_epochs}")
         if not 1 <= self.members <= 16:
@@ -209,9 +217,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency loss weights (mean 1), so rare defect classes count as much."""
+def class_weights(
+    labels: Sequence[int], num_classes: int, shares: Mapping[int, float] | None = None
+) -> torch.Tensor:
+    """Inverse-frequency loss weights (mean 1), so rare defect classes count as much.
+
+    ``shares``: classes of which an epoch takes only that share; weighed by what it takes."""
     counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    for k, share in (shares or {}).items():
+        counts[k] = max(1.0, round(share * counts[k])) if counts[k] else 0.0
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
     weights = weights / weights[counts > 0].mean()
     return torch.tensor(weights, dtype=torch.float32)
@@ -375,7 +389,11 @@ def train_one_epoch(
         if progress is not None:
             progress.update(n)
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-    row = {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+    row = {
+        "train_loss": total_loss / max(1, seen),
+        "train_accuracy": correct / max(1, seen),
+        "train_images": seen,
+    }
     if masks is not None:
         row["train_mask_loss"] = total_mask_loss / max(1, seen)
     return row
@@ -615,12 +633,15 @@ def train_network(
     """
     started = time.perf_counter()
     classes = data.train.classes
+    good = [k for k, c in enumerate(classes) if c not in data.defect_classes]
+    thinned = dict.fromkeys(good, config.good_per_epoch) if config.good_per_epoch < 1 else {}
     sampler = ShapeBatchSampler(
         train_set.shape_keys(pre),
         config.batch_size,
         shuffle=True,
         seed=seed,
         pool_remainders=True,
+        shares=[thinned.get(label, 1.0) for label in train_set.labels] if thinned else None,
     )
     crops = None
     if config.crop is not None and supervision is not None:
@@ -635,7 +656,7 @@ def train_network(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    weights = class_weights(data.train.labels(), len(classes)) if config.balance else None
+    weights = class_weights(data.train.labels(), len(classes), thinned) if config.balance else None
     criterion = nn.CrossEntropyLoss(
         weight=weights.to(device) if weights is not None else None,
         label_smoothing=config.label_smoothing,

@@ -111,6 +111,25 @@ def test_batches_hold_one_shape_each() -> None:
     assert sorted(i for b in pooled for i in b) == list(range(8))
 
 
+def test_an_epoch_takes_its_share_of_some_images_drawn_afresh() -> None:
+    # Images 0-11 "good" (half an epoch each), 12-15 defects (every epoch); two shapes.
+    keys = [(32, 32) if i % 2 else (32, 48) for i in range(16)]
+    shares = [0.5] * 12 + [1.0] * 4
+    sampler = ShapeBatchSampler(keys, 4, shuffle=True, seed=3, pool_remainders=True, shares=shares)
+    drawn = []
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        images = sorted(i for b in sampler for i in b)
+        assert len(images) == len(set(images)) == 10  # 6 of 12 good, all 4 defects
+        assert {12, 13, 14, 15} <= set(images)
+        assert list(sampler) == list(sampler)  # an epoch's draw is fixed by seed and epoch
+        drawn.append(tuple(images))
+    assert len(set(drawn)) > 1  # and changes from epoch to epoch
+    for bad in ([0.0] * 16, [1.0] * 15, [1.2] * 16):
+        with pytest.raises(ValueError, match="shares"):
+            ShapeBatchSampler(keys, 4, shuffle=True, shares=bad)
+
+
 def test_load_images_shrinks_to_what_training_needs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     write_image(tmp_path / "a" / "big.png", noise_image(rng, 300, 200))

@@ -260,6 +260,31 @@ def test_defect_classes_and_class_weights() -> None:
     assert float(w.mean()) == pytest.approx(1.0)
     assert float(w[1] / w[0]) == pytest.approx(70 / 30)
     assert np.isfinite(w.numpy()).all()
+    # An epoch that takes 3/7 of the good class sees the two classes equally often.
+    thinned = class_weights([0] * 70 + [1] * 30, 2, {0: 3 / 7})
+    assert thinned.tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_an_epoch_can_take_a_fresh_share_of_the_good_images(tmp_path: Path, demo_dirs) -> None:
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigurationError, match="good_per_epoch"):
+            tiny_config(good_per_epoch=bad)
+    train_dir, val_dir = demo_dirs
+    per_epoch = {}
+    for share in (1.0, 0.25):
+        mv = fit(
+            train_dir,
+            val_dir=val_dir,
+            name="thin",
+            store=ModelStore(tmp_path),
+            weights_dir=tmp_path,
+            config=tiny_config(epochs=2, good_per_epoch=share),
+        )
+        assert mv.metadata.training["config"]["good_per_epoch"] == share
+        history = json.loads((mv.path / "history.json").read_text())
+        per_epoch[share] = [row["train_images"] for row in history]
+    # 60 training images a class, 4 defect classes: all 240 defects, and 60 or 15 good ones.
+    assert per_epoch == {1.0: [300, 300], 0.25: [255, 255]}
 
 
 def test_early_stopping_counts_patience_after_half_the_epochs(tmp_path: Path, demo_dirs) -> None:
