@@ -57,6 +57,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "members": 1,
         "folds": 1,
         "good_per_epoch": 1.0,
+        "focal_gamma": 0.0,
+        "mask_weight": 1.0,
         "init": "auto",
     },
     "magnetic-tile": {
@@ -75,6 +77,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "members": 1,
         "folds": 1,
         "good_per_epoch": 1.0,
+        "focal_gamma": 0.0,
+        "mask_weight": 1.0,
         "init": "neu-cls",
     },
 }
@@ -141,6 +145,8 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         members=args.members,
         folds=args.folds,
         good_per_epoch=args.good_per_epoch,
+        focal_gamma=args.focal_gamma,
+        mask_weight=args.mask_weight,
     )
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -176,6 +182,8 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "members": args.members,
         "folds": args.folds,
         "good_per_epoch": args.good_per_epoch,
+        "focal_gamma": args.focal_gamma,
+        "mask_weight": args.mask_weight,
         "init": mv.metadata.init,
         # The parent's own training time: what starting from it costs on top of this run.
         "init_train_seconds": parent.training["seconds"] if parent else None,
@@ -226,7 +234,7 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--normalise", choices=["image", "fixed"], default="image")
+    p.add_argument("--normalise", choices=["image", "fixed", "local"], default="image")
     p.add_argument(
         "--init",
         help="auto, imagenet, scratch or a stored NAME[:VERSION]; default: the recipe "
@@ -286,6 +294,17 @@ def main() -> int:
         type=float,
         help="share of the good images each epoch trains on, drawn afresh each epoch "
         "(TrainConfig.good_per_epoch); default: the recipe",
+    )
+    p.add_argument(
+        "--focal-gamma",
+        type=float,
+        help="focal loss on the image labels, 0 for cross-entropy (TrainConfig.focal_gamma); "
+        "default: the recipe",
+    )
+    p.add_argument(
+        "--mask-weight",
+        type=float,
+        help="weight of the mask loss (TrainConfig.mask_weight); default: the recipe",
     )
     p.add_argument("--target-recall", type=float, default=0.99)
     p.add_argument("--seed", type=int, default=0)

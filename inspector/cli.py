@@ -63,6 +63,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         freeze_blocks=args.freeze_blocks,
         balance=not args.no_balance,
         good_per_epoch=args.good_per_epoch,
+        focal_gamma=args.focal_gamma,
         patience=args.patience,
         seed=args.seed,
         val_fraction=args.val_fraction,
@@ -446,9 +447,10 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     )
     p.add_argument(
         "--normalise",
-        choices=["image", "fixed"],
+        choices=["image", "fixed", "local"],
         help="image: each image by its own mean and std, so lighting is not a cue (default); "
-        "fixed: the ImageNet mean and std",
+        "fixed: the ImageNet mean and std; local: each pixel by the mean and std of the square "
+        "around it (a quarter of the short side), for dark corners and uneven lighting",
     )
     p.add_argument(
         "--flips",
@@ -510,6 +512,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--good-classes", help="comma-separated classes that are not defects")
     p.add_argument("--target-recall", type=float, default=0.99, help="defect recall to reach")
     p.add_argument("--no-balance", action="store_true", help="no class-weighted loss")
+    p.add_argument(
+        "--focal-gamma",
+        type=float,
+        default=0.0,
+        help="focal loss on the image labels: hard images carry the gradient (default 0: "
+        "cross-entropy)",
+    )
     p.add_argument(
         "--good-per-epoch",
         type=float,

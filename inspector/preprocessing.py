@@ -21,8 +21,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SCALES = (224, 256, 288)
 # How pixel values are normalised: "fixed" subtracts the stored mean and divides by the stored
 # std (ImageNet's by default); "image" standardises each image by its own mean and std, so the
-# network sees texture and shape, not how brightly the part was lit or exposed.
-NORMALISATIONS = ("fixed", "image")
+# network sees texture and shape, not how brightly the part was lit or exposed; "local" does
+# that around every pixel (local contrast normalisation): a dark corner or a vignetted edge gets
+# the contrast of the middle of the part, at the cost of brightness changes wider than the window.
+NORMALISATIONS = ("fixed", "image", "local")
+# "local": the window's side is this share of the scaled image's short side (odd, at least 3);
+# the std is floored at a quarter of its mean over the image, and at LOCAL_MIN_STD (about 2.5
+# grey levels of 255, above JPEG and sensor noise): a dark corner's texture is raised up to 4x.
+LOCAL_WINDOW_SHARE = 0.25
+LOCAL_STD_FLOOR = 0.25
+LOCAL_MIN_STD = 0.01
 # A flat image's std is close to zero; dividing by a floor keeps its sensor noise from being
 # blown up to full scale (on the [0, 1] scale, about 5 grey levels of 255).
 MIN_IMAGE_STD = 0.02
@@ -146,7 +154,9 @@ def _normalise_in_place(pixels: Image, pre: Preprocessing) -> None:
     divides whole rows by the per-channel values tiled to the row's length; "image" takes the
     image's mean and std from OpenCV's per-channel statistics (one pass, in float64).
     """
-    if pre.normalise == "image":
+    if pre.normalise == "local":
+        _local_contrast_in_place(pixels)
+    elif pre.normalise == "image":
         means, stds = (v.ravel() for v in cv2.meanStdDev(pixels))
         mean = float(means.mean())
         variance = float((stds**2 + means**2).mean()) - mean * mean
@@ -157,6 +167,34 @@ def _normalise_in_place(pixels: Image, pre: Preprocessing) -> None:
         rows = pixels.reshape(pixels.shape[0], width * 3)
         rows -= np.tile(np.asarray(pre.mean, np.float32), width)
         rows *= np.tile(1.0 / np.asarray(pre.std, np.float32), width).astype(np.float32)
+
+
+def local_window(height: int, width: int) -> int:
+    """The side of the square "local" normalisation averages over, for an image this size."""
+    return max(3, int(min(height, width) * LOCAL_WINDOW_SHARE)) | 1
+
+
+def _local_contrast_in_place(pixels: Image) -> None:
+    """Subtract the mean of the square around each pixel and divide by its std.
+
+    Mean and std are of the grey level (the channels' mean) over a square of ``local_window``
+    pixels, mirrored at the borders (OpenCV's BORDER_REFLECT_101), so a defect at the edge of
+    the image is compared with the surface beside it. The std is floored at its mean over the
+    image times LOCAL_STD_FLOOR (and at LOCAL_MIN_STD): a dark corner's texture is raised to
+    the contrast of the middle, up to a point, while a flat patch keeps its low contrast
+    instead of having its sensor noise blown up to full scale. All channels get the same shift
+    and scale, so colour differences are kept. The square is symmetric, so flipping commutes
+    with it.
+    """
+    side = local_window(pixels.shape[0], pixels.shape[1])
+    grey = cv2.transform(pixels, np.full((1, 3), 1.0 / 3.0, np.float32))
+    mean = cv2.blur(grey, (side, side), borderType=cv2.BORDER_REFLECT_101)
+    square = cv2.blur(grey * grey, (side, side), borderType=cv2.BORDER_REFLECT_101)
+    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+    floor = max(float(std.mean()) * LOCAL_STD_FLOOR, LOCAL_MIN_STD)
+    np.maximum(std, floor, out=std)
+    cv2.subtract(pixels, cv2.merge([mean, mean, mean]), dst=pixels)
+    cv2.divide(pixels, cv2.merge([std, std, std]), dst=pixels)
 
 
 def to_batch(images: Sequence[Image], size: tuple[int, int], pre: Preprocessing) -> torch.Tensor:

@@ -42,6 +42,7 @@ from inspector.devices import amp_dtype, autocast, channels_last, select_device,
 from inspector.errors import ConfigurationError
 from inspector.evaluation import evaluate_predictions
 from inspector.figures import plot_history
+from inspector.losses import FocalLoss
 from inspector.masks import MaskSupervision, load_masks
 from inspector.model import (
     STRIDES,
@@ -100,6 +101,9 @@ class TrainConfig:
     max_review_rate: float = 0.01
     good_classes: tuple[str, ...] | None = None
     label_smoothing: float = 0.0
+    # Focal loss on the image labels (inspector.losses.FocalLoss): > 0 weights each image by
+    # how far the network is from its label, so hard images carry the gradient. 0: cross-entropy.
+    focal_gamma: float = 0.0
     dropout: float = 0.2
     pool: str = "avg"
     stride: int = 32  # output stride of the features (inspector.model.STRIDES)
@@ -148,6 +152,8 @@ class TrainConfig:
             raise ConfigurationError(f"stride must be one of {STRIDES}, got {self.stride}")
         if self.mask_weight < 0:
             raise ConfigurationError(f"mask weight must be >= 0, got {self.mask_weight}")
+        if self.focal_gamma < 0:
+            raise ConfigurationError(f"focal gamma must be >= 0, got {self.focal_gamma}")
         if self.lr <= 0:
             raise ConfigurationError(f"learning rate must be positive, got {self.lr}")
         if not 0.0 < self.good_per_epoch <= 1.0:
@@ -657,9 +663,11 @@ def train_network(
         persistent_workers=False,
     )
     weights = class_weights(data.train.labels(), len(classes), thinned) if config.balance else None
-    criterion = nn.CrossEntropyLoss(
-        weight=weights.to(device) if weights is not None else None,
-        label_smoothing=config.label_smoothing,
+    weight = weights.to(device) if weights is not None else None
+    criterion: nn.Module = (
+        FocalLoss(config.focal_gamma, weight, config.label_smoothing)
+        if config.focal_gamma > 0
+        else nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     )
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(sampler))

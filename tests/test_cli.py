@@ -97,7 +97,7 @@ def test_continued_training_keeps_the_parents_choices(cli_env: Path, demo_dirs, 
     assert main(["train", str(train_dir), "--name", "line", *quick, "--init", "line:1"]) == 0
     assert main(["train", str(train_dir), "--name", "line", *quick, "--init", "line:2",
                  "--no-flips", "--scales", "64", "--average-epochs", "0.5",
-                 "--good-per-epoch", "0.5"]) == 0  # fmt: skip
+                 "--good-per-epoch", "0.5", "--focal-gamma", "2"]) == 0  # fmt: skip
     capsys.readouterr()
 
     store = ModelStore(cli_env / "models")
@@ -112,6 +112,7 @@ def test_continued_training_keeps_the_parents_choices(cli_env: Path, demo_dirs, 
     assert [m.preprocessing.scales for m in metas] == [(64, 96), (64, 96), (64,)]
     assert [m.training["config"]["average_epochs"] for m in metas] == [0.0, 0.0, 0.5]
     assert [m.training["config"]["good_per_epoch"] for m in metas] == [1.0, 1.0, 0.5]
+    assert [m.training["config"]["focal_gamma"] for m in metas] == [0.0, 0.0, 2.0]
 
 
 def test_errors_are_one_line_messages_with_exit_code_2(cli_env: Path, tmp_path: Path, capsys):

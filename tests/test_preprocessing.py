@@ -7,6 +7,7 @@ from inspector.preprocessing import (
     Preprocessing,
     cut_tiles,
     group_by_size,
+    local_window,
     merge_views,
     needs_tiles,
     parse_scales,
@@ -49,7 +50,41 @@ def test_image_normalisation_removes_lighting_but_keeps_texture() -> None:
     assert np.abs(to_batch([flat], (8, 8), pre).numpy()).max() < 0.2
 
 
-@pytest.mark.parametrize("normalise", ["fixed", "image"])
+def local_reference(pixels: np.ndarray) -> np.ndarray:
+    """ "local" normalisation written out in float64: windows mirrored at the borders."""
+    grey = pixels.mean(axis=2)
+    side = local_window(*grey.shape)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(grey, side // 2, mode="reflect"), (side, side)
+    )
+    mean, std = windows.mean(axis=(-2, -1)), windows.std(axis=(-2, -1))
+    std = np.maximum(std, max(std.mean() / 4, 0.01))
+    return (pixels - mean[..., None]) / std[..., None]
+
+
+def test_local_normalisation_gives_a_dark_corner_the_contrast_of_the_middle() -> None:
+    rng = np.random.default_rng(2)
+    texture = rng.normal(0.0, 0.1, (128, 128)).astype(np.float32)
+    yy, xx = np.mgrid[0:128, 0:128] / 127.0
+    light = (1.0 - 0.7 * np.clip(xx + yy - 1.0, 0.0, 1.0)).astype(np.float32)  # dark corner
+    surface = np.repeat((0.5 + texture)[..., None] * light[..., None], 3, axis=2)
+    assert local_window(128, 128) == 33
+    for normalise, corner_over_middle in (("image", (0.0, 0.5)), ("local", (0.7, 1.25))):
+        out = to_batch([surface], (128, 128), Preprocessing(normalise=normalise))[0, 0].numpy()
+        # Texture contrast: the spread of differences between neighbouring pixels.
+        ratio = np.diff(out[100:, 100:]).std() / np.diff(out[40:80, 40:80]).std()
+        assert corner_over_middle[0] < ratio < corner_over_middle[1], (normalise, ratio)
+    # A flat image keeps its flatness: the std is floored, not divided out.
+    flat = np.full((64, 64, 3), 0.5, np.float32)
+    flat[10, 10] += 0.002
+    local = Preprocessing(normalise="local")
+    assert np.abs(to_batch([flat], (64, 64), local).numpy()).max() < 0.25
+    # The window is symmetric and mirrored at the borders: flipping commutes with it.
+    views = to_batch([surface, surface[::-1, ::-1]], (128, 128), local)
+    assert torch.allclose(views[1], views[0].flip(1, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("normalise", ["fixed", "image", "local"])
 def test_to_batch_is_resize_then_normalise(normalise: str) -> None:
     """Resizing into the batch and normalising image by image gives what resizing each image,
     stacking and normalising the stack gives, also for inputs OpenCV cannot write from as they
@@ -69,6 +104,8 @@ def test_to_batch_is_resize_then_normalise(normalise: str) -> None:
         pixels = resize(np.asarray(image, np.float32), (48, 64)).astype(np.float64)
         if normalise == "image":
             expected = (pixels - pixels.mean()) / max(pixels.std(), 0.02)
+        elif normalise == "local":
+            expected = local_reference(pixels)
         else:
             expected = (pixels - np.array(pre.mean)) / np.array(pre.std)
         assert np.allclose(tensor.permute(1, 2, 0).numpy(), expected, atol=1e-4)
