@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         good_per_epoch=args.good_per_epoch,
         focal_gamma=args.focal_gamma,
         patience=args.patience,
+        validate_every=args.validate_every,
         seed=args.seed,
         val_fraction=args.val_fraction,
         device=args.device or settings.device,
@@ -509,6 +510,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    p.add_argument(
+        "--validate-every",
+        type=int,
+        default=1,
+        help="in the first half of the run, before early stopping can begin, validate only "
+        "every N epochs (every epoch after): less time on small models (default 1)",
+    )
     p.add_argument("--good-classes", help="comma-separated classes that are not defects")
     p.add_argument("--target-recall", type=float, default=0.99, help="defect recall to reach")
     p.add_argument("--no-balance", action="store_true", help="no class-weighted loss")

@@ -305,6 +305,30 @@ def test_early_stopping_counts_patience_after_half_the_epochs(tmp_path: Path, de
         assert mv.metadata.training["epochs_run"] == len(expected)
 
 
+def test_validating_every_few_epochs_before_the_patience_window(tmp_path: Path, demo_dirs) -> None:
+    with pytest.raises(ConfigurationError, match="validate_every"):
+        tiny_config(validate_every=0)
+    train_dir, val_dir = demo_dirs
+    histories = {}
+    for every in (1, 2):
+        mv = fit(
+            train_dir,
+            val_dir=val_dir,
+            name=f"every{every}",
+            store=ModelStore(tmp_path),
+            weights_dir=tmp_path,
+            config=tiny_config(epochs=6, validate_every=every),
+        )
+        histories[every] = json.loads((mv.path / "history.json").read_text())
+        validated = [row["epoch"] for row in histories[every] if "val_loss" in row]
+        # Epochs 1-3 come before the patience window (half the run): every 2nd is validated.
+        assert validated == ([1, 2, 3, 4, 5, 6] if every == 1 else [2, 4, 5, 6])
+        assert mv.metadata.training["best_epoch"] in validated
+    # Validation only reads the network: the training is the same epoch for epoch.
+    losses = {every: [row["train_loss"] for row in h] for every, h in histories.items()}
+    assert losses[2] == pytest.approx(losses[1], rel=1e-6)
+
+
 def test_normalisation_and_stride_are_checked_up_front() -> None:
     assert tiny_config(normalise="fixed").normalise == "fixed"
     with pytest.raises(ConfigurationError):
