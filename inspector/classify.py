@@ -83,7 +83,8 @@ class ClassifySummary:
 
 
 class ResultWriter:
-    """Rows to CSV (one column per class probability) or JSON lines, chosen by extension."""
+    """Rows to CSV (one column per class probability), JSON lines (.jsonl) or one JSON array
+    (.json), chosen by extension; each row is written as it comes."""
 
     def __init__(self, path: str | os.PathLike[str], classes: Sequence[str], scales: Sequence[int]):
         self.path = Path(path)
@@ -92,7 +93,8 @@ class ResultWriter:
             raise ConfigurationError(
                 f"output {self.path} must end in .csv, .jsonl (JSON lines) or .json"
             )
-        self.format = "csv" if suffix == ".csv" else "jsonl"
+        self.format = {".csv": "csv", ".json": "json"}.get(suffix, "jsonl")
+        self._rows = 0
         self.classes = list(classes)
         self.scales = list(scales)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,15 +106,21 @@ class ResultWriter:
             columns += ["tiles"]
             self._csv = csv.DictWriter(self._fh, fieldnames=columns)
             self._csv.writeheader()
+        elif self.format == "json":
+            self._fh.write("[")
 
     def write(
         self, path: Path, model: str, prediction: Prediction | None, error: str | None
     ) -> None:
-        if self.format == "jsonl":
+        if self.format in {"jsonl", "json"}:
             row: dict[str, Any] = {"path": str(path), "model": model, "error": error}
             if prediction is not None:
                 row |= prediction.to_dict()
-            self._fh.write(json.dumps(row) + "\n")
+            if self.format == "json":
+                self._fh.write(("," if self._rows else "") + "\n" + json.dumps(row))
+            else:
+                self._fh.write(json.dumps(row) + "\n")
+            self._rows += 1
             return
         flat: dict[str, Any] = {"path": str(path), "model": model, "error": error or ""}
         if prediction is not None:
@@ -131,6 +139,8 @@ class ResultWriter:
         self._csv.writerow(flat)
 
     def close(self) -> None:
+        if self.format == "json" and not self._fh.closed:
+            self._fh.write("\n]\n")
         self._fh.close()
 
     def __enter__(self) -> ResultWriter:

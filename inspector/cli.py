@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,29 @@ if TYPE_CHECKING:
     from inspector.store import ModelStore
 
 log = logging.getLogger("inspector.cli")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
 def _store(settings: Settings) -> ModelStore:
@@ -133,9 +157,12 @@ def _print_recall_evidence(metrics: Mapping[str, Any], target: float, where: str
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.errors import ConfigurationError
     from inspector.inference import Classifier
     from inspector.reports import evaluate_folder, write_evaluation
 
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise ConfigurationError(f"--output {args.output} is a file: give a folder for the report")
     classifier = Classifier.from_store(
         _store(settings),
         args.model,
@@ -271,6 +298,8 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             workers=settings.decode_workers,
             tiles=not args.no_tiles,
         )
+    if not summary.total:
+        print(f"no images found in {', '.join(map(str, args.paths))}", file=sys.stderr)
     print(
         f"{summary.total} image(s) with {meta.ref}: {summary.classified} classified, "
         f"{summary.errors} error(s), {summary.defects} defect(s), {summary.flagged} flagged "
@@ -420,8 +449,8 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--name", required=True, help="model name in the store")
     p.add_argument("--arch", help="vgg11|13|16|19, each also _bn (default: vgg16_bn)")
     p.add_argument("--width", type=float, help="conv width multiplier, compact < 1 (default: 1)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
@@ -509,7 +538,9 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patience", type=int, default=8, help="early-stopping patience in epochs")
+    p.add_argument(
+        "--patience", type=non_negative_int, default=8, help="early-stopping patience in epochs"
+    )
     p.add_argument(
         "--validate-every",
         type=int,
@@ -541,7 +572,7 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         action="store_true",
         help="full precision (default: mixed on CUDA and on CPUs with native bfloat16)",
     )
-    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--workers", type=non_negative_int, help="data-loading processes")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--promote", action="store_true", help="put the new version in production")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -570,8 +601,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p = sub.add_parser("classify", help="classify image files and folders offline")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--model", required=True)
-    p.add_argument("--output", type=Path, required=True, help="results .csv or .jsonl")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="results .csv, .jsonl (JSON lines) or .json (one array)",
+    )
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--no-tiles", action="store_true", help="never classify large images by tiles")
     p.add_argument("--device")
     p.set_defaults(func=cmd_classify)
@@ -602,8 +638,8 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
 
     p = sub.add_parser("demo-data", help="generate a synthetic folder-per-class dataset")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--per-class", type=int, default=60)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--per-class", type=positive_int, default=60)
+    p.add_argument("--size", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.set_defaults(func=cmd_demo_data)
@@ -627,6 +663,15 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[ParserExtension
         return int(args.func(args, settings))
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`inspector models list | head`): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # A path the command was given cannot be read or written: say which and why.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

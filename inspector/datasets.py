@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from inspector.crops import CropSampler
 from inspector.errors import DatasetError, ImageDecodeError
-from inspector.imaging import is_image_file, read_image
+from inspector.imaging import is_image_file, read_file, read_image
 from inspector.preprocessing import Image, Preprocessing, resize, target_size, to_batch
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,34 @@ def stratified_folds(folder: LabelledFolder, folds: int, seed: int = 0) -> list[
 
 
 def fingerprint(folder: LabelledFolder) -> str:
-    """sha256 over every (class, relative path, content hash): what a model was trained on."""
+    """sha256 over every (class, relative path, content hash): what a model was trained on.
+
+    Files that cannot be read are refused together, as ``load_images`` refuses them.
+    """
     outer = hashlib.sha256()
-    for s in sorted(folder.samples, key=lambda s: (s.label, str(s.path))):
+    problems: list[str] = []
+    samples = sorted(folder.samples, key=lambda s: (s.label, str(s.path)))
+    for s in samples:
         rel = s.path.relative_to(folder.root).as_posix()
         outer.update(f"{folder.classes[s.label]}\0{rel}\0".encode())
-        outer.update(hashlib.sha256(s.path.read_bytes()).digest())
+        try:
+            outer.update(hashlib.sha256(read_file(s.path)).digest())
+        except ImageDecodeError as exc:
+            problems.append(str(exc))
+    _refuse_unreadable(folder, problems, len(samples))
     return outer.hexdigest()
+
+
+def _refuse_unreadable(folder: LabelledFolder, problems: Sequence[str], total: int) -> None:
+    if not problems:
+        return
+    listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    tail = f"\n  … and {more} more" if more > 0 else ""
+    raise DatasetError(
+        f"{folder.root}: {len(problems)} of {total} image(s) cannot be read:\n"
+        f"  {listed}{tail}\nremove or replace them, then run again"
+    )
 
 
 def _shrink(image: Image, max_short: int) -> Image:
@@ -202,15 +223,7 @@ def load_images(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         loaded = list(pool.map(load, folder.samples))
-    problems = [r for r in loaded if isinstance(r, str)]
-    if problems:
-        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        tail = f"\n  … and {more} more" if more > 0 else ""
-        raise DatasetError(
-            f"{folder.root}: {len(problems)} of {len(loaded)} image(s) cannot be read:\n"
-            f"  {listed}{tail}\nremove or replace them, then run again"
-        )
+    _refuse_unreadable(folder, [r for r in loaded if isinstance(r, str)], len(loaded))
     return [r for r in loaded if not isinstance(r, str)]
 
 

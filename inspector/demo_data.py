@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspector.errors import ConfigurationError
+
 DEMO_CLASSES: tuple[str, ...] = ("good", "scratch", "spot", "crack", "patch")
 GOOD_CLASSES: tuple[str, ...] = ("good",)
 
@@ -227,9 +229,9 @@ def render_surface(kind: str, rng: np.random.Generator, size: int = 128) -> np.n
     contrast, illumination gradient and sensor noise, so no global statistic gives the class away.
     """
     if kind not in DEMO_CLASSES:
-        raise ValueError(f"unknown surface kind {kind!r}; expected one of {DEMO_CLASSES}")
+        raise ConfigurationError(f"unknown surface kind {kind!r}; expected one of {DEMO_CLASSES}")
     if size < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
+        raise ConfigurationError(f"size must be at least {MIN_SIZE} pixels, got {size}")
     texture = _base_texture(rng, size)
     if kind == "scratch":
         surface = texture + _scratch(rng, size)
@@ -284,21 +286,25 @@ def generate_demo_dataset(
     nothing else is removed, so write into an empty or dedicated folder.
     """
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be an integer of at least 1, got {per_class!r}")
+        raise ConfigurationError(f"per_class must be an integer of at least 1, got {per_class!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
-        raise ValueError(f"size must be an integer of at least {MIN_SIZE}, got {size!r}")
+        raise ConfigurationError(f"size must be an integer of at least {MIN_SIZE}, got {size!r}")
     if not 0.0 <= val_fraction <= MAX_VAL_FRACTION:
-        raise ValueError(f"val_fraction must be in [0, {MAX_VAL_FRACTION}], got {val_fraction!r}")
+        raise ConfigurationError(
+            f"val_fraction must be in [0, {MAX_VAL_FRACTION}], got {val_fraction!r}"
+        )
     fmt = image_format.lower()
     if fmt not in IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        raise ConfigurationError(
+            f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}"
+        )
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise ConfigurationError(f"seed must be non-negative, got {seed}")
 
     n_val = max(1, round(per_class * val_fraction)) if val_fraction > 0 else 0
     n_train = per_class - n_val
     if n_train < 1:
-        raise ValueError(
+        raise ConfigurationError(
             f"per_class={per_class} leaves no training image with val_fraction={val_fraction}"
         )
 

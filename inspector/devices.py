@@ -18,7 +18,14 @@ def select_device(name: str = "auto") -> torch.device:
     """``auto`` takes the first CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigurationError(
+            f"unknown device {name!r}: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type not in {"cpu", "cuda"}:
+        raise ConfigurationError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError(f"device {name!r} asked for, but this machine has no CUDA device")
     return device

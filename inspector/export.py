@@ -31,6 +31,8 @@ def export_model(
 ) -> tuple[Path, ModelVersion]:
     if fmt not in FORMATS:
         raise ConfigurationError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if output is not None:
+        check_output(output, fmt)
     model, mv = store.load(ref, "cpu")
     meta = mv.metadata
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
@@ -44,6 +46,7 @@ def export_model(
         # onnxscript) and handles this plain CNN exactly; its deprecation notice is expected.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(
                 model,
                 (example,),
@@ -68,7 +71,20 @@ def export_model(
     else:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's own notice
             traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(output), _extra_files={"inspector.json": metadata})
     log.info("exported %s to %s", mv.ref, output)
     return output, mv
+
+
+def check_output(output: Path, fmt: str) -> None:
+    """Refuse, before any work, an output that is a folder, or an ONNX file whose metadata
+    (written beside it as NAME.json) would land on the model itself."""
+    if output.is_dir():
+        raise ConfigurationError(f"--output {output} is a folder: give the file to write")
+    if fmt == "onnx" and output.suffix.lower() != ".onnx":
+        raise ConfigurationError(
+            f"--output {output}: an ONNX export must end in .onnx (its metadata is written "
+            "beside it, with .json)"
+        )

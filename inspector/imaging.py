@@ -295,6 +295,12 @@ def read_image(
 
     A missing or unreadable file, or a directory, raises ImageDecodeError naming the path.
     """
+    return decode_image(read_file(path), max_pixels=max_pixels, name=os.fspath(path))
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file; a missing or unreadable file, or a directory, raises
+    ImageDecodeError naming the path and why."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -308,7 +314,7 @@ def read_image(
             raise ImageDecodeError(f"{name}: is a directory, not an image file") from None
         reason = exc.strerror or str(exc)
         raise ImageDecodeError(f"{name}: cannot read file ({reason})") from None
-    return decode_image(data, max_pixels=max_pixels, name=name)
+    return data
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:

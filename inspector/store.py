@@ -359,6 +359,7 @@ class ModelStore:
 
     def rollback(self, name: str) -> ModelVersion:
         """Return to the version that was in production before the current one."""
+        self.get(ModelRef.parse(name))  # a model that does not exist is named as such
         stack = self._production_stack(name)
         if len(stack) < 2:
             raise ModelStoreError(

@@ -89,6 +89,21 @@ def test_named_files_are_taken_as_given_and_jsonl_nests(
     assert rows[1]["error"] and "label" not in rows[1]
 
 
+def test_json_output_is_one_array_written_as_it_goes(
+    tmp_path: Path, monkeypatch, trained: ModelVersion, demo_dirs
+) -> None:
+    env(monkeypatch, trained, tmp_path)
+    imgs = sorted((demo_dirs[1] / "spot").iterdir())[:2]
+    out = tmp_path / "r.json"
+    assert main(["classify", *map(str, imgs), "--model", "demo:1", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [Path(r["path"]).name for r in rows] == [p.name for p in imgs]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["classify", str(empty), "--model", "demo:1", "--output", str(out)]) == 1
+    assert json.loads(out.read_text()) == []
+
+
 def test_decoding_streams_in_order_with_bounded_lookahead(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     paths = [write_image(tmp_path / f"{i:03d}.png", noise_image(rng, 8, 8)) for i in range(25)]

@@ -123,6 +123,42 @@ def test_errors_are_one_line_messages_with_exit_code_2(cli_env: Path, tmp_path: 
     assert "no classes found" in capsys.readouterr().err
 
 
+def test_user_mistakes_are_one_line_errors_not_tracebacks(
+    cli_env: Path, trained: ModelVersion, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("INSPECTOR_MODEL_STORE", str(trained.path.parent.parent))
+    taken = tmp_path / "taken.csv"
+    taken.write_text("")
+    mistakes = {
+        ("classify", str(taken), "--model", "demo", "--output", "o.csv", "--device", "gpu"): (
+            "unknown device 'gpu'"
+        ),
+        ("demo-data", str(tmp_path / "d"), "--val-fraction", "1"): "val_fraction",
+        ("demo-data", str(taken)): f"{taken / 'good'}:",
+        ("models", "rollback", "nothing"): "no model named 'nothing'",
+        ("models", "export", "demo", "--format", "onnx", "--output", str(tmp_path / "m.json")): (
+            "must end in .onnx"
+        ),
+        ("models", "export", "demo", "--format", "torchscript", "--output", str(tmp_path)): (
+            "is a folder"
+        ),
+        ("evaluate", str(tmp_path), "--model", "demo", "--output", str(taken)): "is a file",
+    }
+    for argv, message in mistakes.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, argv
+    for argv in (
+        ["classify", str(taken), "--model", "demo", "--output", "o.csv", "--batch-size", "-5"],
+        ["train", str(tmp_path), "--name", "x", "--workers", "-1"],
+        ["demo-data", str(tmp_path / "d"), "--per-class", "0"],
+    ):
+        with pytest.raises(SystemExit) as exited:  # argparse: usage and the reason, exit 2
+            main(argv)
+        assert exited.value.code == 2
+        assert "must be" in capsys.readouterr().err
+
+
 def test_export_onnx_and_torchscript_reproduce_the_logits(
     cli_env: Path, trained: ModelVersion, tmp_path: Path, monkeypatch
 ) -> None:

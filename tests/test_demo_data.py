@@ -16,6 +16,7 @@ from inspector.demo_data import (
     generate_demo_dataset,
     render_surface,
 )
+from inspector.errors import ConfigurationError
 
 DEFECT_CLASSES = tuple(c for c in DEMO_CLASSES if c not in GOOD_CLASSES)
 
@@ -254,9 +255,9 @@ def test_defects_are_not_always_centred():
 
 def test_render_surface_rejects_bad_arguments():
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ConfigurationError, match="kind"):
         render_surface("dent", rng)
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(ConfigurationError, match="size"):
         render_surface("good", rng, size=31)
 
 
@@ -277,7 +278,7 @@ def test_render_surface_rejects_bad_arguments():
 )
 def test_generate_rejects_bad_arguments(tmp_path, kwargs):
     args = {"per_class": 2, "size": 32, **kwargs}
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError):
         generate_demo_dataset(tmp_path / "out", **args)
     assert not (tmp_path / "out").exists(), "nothing is written when arguments are bad"
 

@@ -251,6 +251,21 @@ def test_dataset_problems_are_refused_before_training(tmp_path: Path) -> None:
         )
 
 
+def test_an_unreadable_file_is_refused_before_training(tmp_path: Path, demo_dirs) -> None:
+    train_dir, _ = demo_dirs
+    data = tmp_path / "data"
+    shutil.copytree(train_dir, data)
+    (data / "scratch" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link
+    with pytest.raises(DatasetError, match=r"1 of \d+ image\(s\) cannot be read:\n.*gone.png: "):
+        fit(
+            data,
+            name="x",
+            store=ModelStore(tmp_path / "s"),
+            weights_dir=tmp_path,
+            config=tiny_config(),
+        )
+
+
 def test_defect_classes_and_class_weights() -> None:
     assert defect_classes_of(("blowhole", "free", "crack"), None) == ("blowhole", "crack")
     assert defect_classes_of(("a", "b"), ("b",)) == ("a",)
