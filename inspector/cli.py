@@ -197,6 +197,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             f"{float(r):.0%} -> {v:.1%}" for r, v in report["false_rejects_at_recall"].items()
         )
         print(f"  {'good flagged at recall':22s} {curve}")
+    _print_recall_evidence(report, meta.calibration.target_recall, str(args.data_dir))
     for cls, row in report["per_class"].items():
         print(
             f"  {cls:22s} P {row['precision']:.3f} R {row['recall']:.3f} "
@@ -319,7 +320,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         for name in names:
             prod = store.production(name)
             for version in store.versions(name):
-                meta = store.get(ModelRef(name, version)).metadata
+                try:
+                    meta = store.get(ModelRef(name, version)).metadata
+                except InspectorError as exc:  # one damaged version does not hide the others
+                    print(f"! {name}:{version}  cannot be read: {exc}")
+                    continue
                 acc = meta.metrics.get("accuracy")
                 mark = "*" if version == prod else " "
                 print(

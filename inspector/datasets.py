@@ -105,8 +105,9 @@ def scan_folder(
         unknown = [name for name in with_images if name not in classes]
         if unknown:
             raise DatasetError(
-                f"{root}: class folder(s) {', '.join(unknown)} are not classes of this model "
-                f"(its classes: {', '.join(classes)})"
+                f"{root}: class folder(s) {', '.join(unknown)} are not among the classes "
+                f"it is checked against: those of the model, or of the training folder "
+                f"({', '.join(classes)})"
             )
     index = {name: i for i, name in enumerate(classes)}
     samples = tuple(Sample(path, index[name]) for name in with_images for path in per_class[name])

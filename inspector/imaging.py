@@ -5,7 +5,7 @@ truncated, corrupt and oversized images with an ImageDecodeError that says what 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -140,8 +140,60 @@ def _bmp_size(data: bytes) -> tuple[int, int] | None:
     return (height, width) if height > 0 and width > 0 else None
 
 
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    # Byte order (II or MM), then classic TIFF (42): the first IFD's offset (4 bytes), its
+    # entry count (2) and 12-byte entries; BigTIFF (43): offset (8), count (8), 20-byte entries.
+    # Each entry: tag (2), type (2), count, value; ImageWidth is tag 256, ImageLength 257.
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    big = int.from_bytes(data[2:4], order) == 43
+    word, entry_size = (8, 20) if big else (4, 12)
+    start = 8 if big else 4
+    if len(data) < start + word:
+        return None
+    offset = int.from_bytes(data[start : start + word], order)
+    count_size = 8 if big else 2
+    if offset + count_size > len(data):
+        return None
+    count = int.from_bytes(data[offset : offset + count_size], order)
+    found: dict[int, int] = {}
+    for k in range(min(count, 4096)):
+        at = offset + count_size + k * entry_size
+        if at + entry_size > len(data):
+            return None
+        tag = int.from_bytes(data[at : at + 2], order)
+        kind = int.from_bytes(data[at + 2 : at + 4], order)
+        if tag in (256, 257):
+            value = at + 4 + word  # after tag, type and count
+            width_of = {3: 2, 4: 4, 16: 8}.get(kind)  # SHORT, LONG, LONG8
+            if width_of is None:
+                return None
+            found[tag] = int.from_bytes(data[value : value + width_of], order)
+    width, height = found.get(256, 0), found.get(257, 0)
+    return (height, width) if height > 0 and width > 0 else None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    # RIFF header (12), then the first chunk: VP8 (lossy), VP8L (lossless) or VP8X (extended).
+    if len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # canvas width - 1 and height - 1, 24 bits each
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+    elif chunk == b"VP8L" and data[20] == 0x2F:  # 14 bits each, after the signature byte
+        bits = int.from_bytes(data[21:25], "little")
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # after the key frame's start code
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+    else:
+        return None
+    return (height, width) if height > 0 and width > 0 else None
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) read from the header of a PNG, JPEG or BMP without decoding it.
+    """(height, width) read from the header of a PNG, JPEG, BMP, TIFF or WebP without
+    decoding it.
 
     None when the format is another one or the header is missing, short or implausible.
     """
@@ -152,6 +204,10 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return _jpeg_size(data)
     if fmt == "BMP":
         return _bmp_size(data)
+    if fmt == "TIFF":
+        return _tiff_size(data)
+    if fmt == "WebP":
+        return _webp_size(data)
     return None
 
 
@@ -238,9 +294,10 @@ def decode_image(
     look like it. EXIF orientation is ignored (see below).
 
     Raises ImageDecodeError, naming ``name``, for empty data, a truncated PNG or JPEG, data
-    OpenCV cannot decode, an empty image, or more than ``max_pixels`` pixels. For PNG, JPEG
-    and BMP the size is read from the header and checked before decoding, so a decompression
-    bomb is refused without allocating it; other formats are checked after decoding.
+    OpenCV cannot decode, an empty image, or more than ``max_pixels`` pixels. For PNG, JPEG,
+    BMP, TIFF and WebP the size is read from the header and checked before decoding, so a
+    decompression bomb is refused without allocating it; other formats are checked after
+    decoding.
     """
     if max_pixels < 1:
         raise ConfigurationError(f"max_pixels must be at least 1, got {max_pixels}")

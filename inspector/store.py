@@ -243,7 +243,10 @@ class ModelStore:
             data = json.loads((folder / METADATA_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelIntegrityError(f"{ref.name}:{version}: unreadable metadata: {exc}") from exc
-        meta = ModelMetadata.from_dict(data)
+        try:
+            meta = ModelMetadata.from_dict(data)
+        except ModelIntegrityError as exc:
+            raise ModelIntegrityError(f"{folder / METADATA_FILE}: {exc}") from exc
         if meta.name != ref.name or meta.version != version:
             raise ModelIntegrityError(
                 f"{folder}: metadata says {meta.ref}, the folder is {ref.name}:{version}"

@@ -64,6 +64,8 @@ def test_train_evaluate_and_manage_models(cli_env: Path, demo_dirs, capsys) -> N
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "defect_auc" in printed
     assert "good flagged at recall" in printed and "99% -> " in printed
+    # 80 val defects cannot show 99% recall: evaluate says how many would.
+    assert "showing 99% takes 299 defects with none missed" in printed
     assert 0.0 <= report["defect_auc"] <= 1.0
     assert "defect_recall_lower_95" in printed
     caught = round(report["defect_recall"] * 80)
@@ -157,6 +159,24 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(
             main(argv)
         assert exited.value.code == 2
         assert "must be" in capsys.readouterr().err
+
+
+def test_a_damaged_version_is_named_and_the_others_still_listed(
+    trained: ModelVersion, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    store = tmp_path / "models"
+    shutil.copytree(trained.path.parent, store / "demo")
+    damaged = store / "demo" / "v0002"
+    shutil.copytree(trained.path, damaged)
+    (damaged / "model.json").write_text("{}")
+    monkeypatch.setenv("INSPECTOR_MODEL_STORE", str(store))
+    assert main(["models", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "demo:1" in listing and "! demo:2  cannot be read" in listing
+    assert main(["models", "show", "demo:2"]) == 2
+    assert f"{damaged / 'model.json'}: model metadata is incomplete" in capsys.readouterr().err
 
 
 def test_export_onnx_and_torchscript_reproduce_the_logits(

@@ -55,7 +55,7 @@ def test_empty_class_folder_is_refused(tmp_path: Path) -> None:
 
 def test_unknown_class_against_a_model_is_refused(tmp_path: Path) -> None:
     make_folder(tmp_path, {"ok": 1, "dent": 1})
-    with pytest.raises(DatasetError, match="dent are not classes of this model"):
+    with pytest.raises(DatasetError, match="dent are not among the classes"):
         scan_folder(tmp_path, classes=("ok", "crack"))
 
 

@@ -239,8 +239,52 @@ def test_image_size_unknown(data: bytes) -> None:
     assert image_size(data) is None
 
 
-def test_image_size_unknown_for_tiff() -> None:
-    assert image_size(encode(".tiff", pure_red_bgr())) is None
+@pytest.mark.parametrize(
+    ("ext", "params"),
+    [
+        (".tiff", []),
+        (".tiff", [cv2.IMWRITE_TIFF_COMPRESSION, 5]),  # LZW
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),  # lossy: VP8
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
+    ],
+)
+def test_image_size_of_tiff_and_webp(ext: str, params: list[int]) -> None:
+    data = encode(ext, np.full((37, 53, 3), 90, np.uint8), params)
+    assert image_size(data) == (37, 53)
+
+
+def tiff_header(order: str, width: int, height: int, *, big: bool = False) -> bytes:
+    """A TIFF holding only its first IFD, with ImageWidth and ImageLength (type LONG/LONG8)."""
+    o = "little" if order == "II" else "big"
+    if big:  # BigTIFF: version 43, offset size 8, IFD at 16; 20-byte entries
+        head = order.encode() + (43).to_bytes(2, o) + (8).to_bytes(2, o) + bytes(2)
+        head += (16).to_bytes(8, o) + (2).to_bytes(8, o)
+        entry = [
+            t.to_bytes(2, o) + (16).to_bytes(2, o) + (1).to_bytes(8, o) + v.to_bytes(8, o)
+            for t, v in ((256, width), (257, height))
+        ]
+    else:
+        head = order.encode() + (42).to_bytes(2, o) + (8).to_bytes(4, o) + (2).to_bytes(2, o)
+        entry = [
+            t.to_bytes(2, o) + (4).to_bytes(2, o) + (1).to_bytes(4, o) + v.to_bytes(4, o)
+            for t, v in ((256, width), (257, height))
+        ]
+    return head + b"".join(entry) + bytes(8)
+
+
+@pytest.mark.parametrize(("order", "big"), [("II", False), ("MM", False), ("II", True)])
+def test_a_tiff_bomb_is_refused_from_its_header(order: str, big: bool) -> None:
+    data = tiff_header(order, 20_000, 30_000, big=big)
+    assert image_size(data) == (30_000, 20_000)
+    with pytest.raises(ImageDecodeError, match=r"20000x30000 = 600,000,000 pixels exceeds"):
+        decode_image(data, name="bomb.tif")
+
+
+def test_extended_webp_size_comes_from_its_canvas() -> None:
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + bytes(4)
+    vp8x += (15999).to_bytes(3, "little") + (8999).to_bytes(3, "little")
+    data = b"RIFF" + (4 + len(vp8x)).to_bytes(4, "little") + b"WEBP" + vp8x
+    assert image_size(data) == (9000, 16000)
 
 
 # --- read_image ---------------------------------------------------------------------------------
