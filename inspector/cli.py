@@ -132,7 +132,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_recall_evidence(metrics: Mapping[str, Any], target: float, where: str) -> None:
+def _print_recall_evidence(
+    metrics: Mapping[str, Any], target: float, where: str, *, hint: bool = True
+) -> None:
     """How far the labelled defects vouch for the recall: a few dozen cannot show 99%."""
     from inspector.evaluation import RECALL_CONFIDENCE, defects_to_show
 
@@ -149,10 +151,9 @@ def _print_recall_evidence(metrics: Mapping[str, Any], target: float, where: str
         f"{lower:.1%} with {RECALL_CONFIDENCE:.0%} confidence"
     )
     if lower < target < 1.0:
-        line += (
-            f"; showing {target:.0%} takes {defects_to_show(target)} defects with none missed "
-            "(`inspector calibrate` refits on more labelled images)"
-        )
+        line += f"; showing {target:.0%} takes {defects_to_show(target)} defects with none missed"
+        if hint:
+            line += " (`inspector calibrate` refits on more labelled images)"
     print(line)
 
 
@@ -250,7 +251,9 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         shown = ["n/a" if v is None else f"{v:.4f}" for v in (old, new)]
         print(f"  {label:22s} {shown[0]:>14s} {shown[1]:>14s}")
     print("  (both measured on these images; the new thresholds were fitted on them)")
-    _print_recall_evidence(metrics, mv.metadata.calibration.target_recall, str(args.data_dir))
+    _print_recall_evidence(
+        metrics, mv.metadata.calibration.target_recall, str(args.data_dir), hint=False
+    )
     _print_hardest(metrics["hardest"], mv.metadata.calibration.defect_threshold)
     if not args.promote:
         print(f"not in production: inspector models promote {mv.ref}")
@@ -352,7 +355,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "export":
         from inspector.export import export_model
 
-        path, mv = export_model(store, args.ref, args.format, args.output)
+        path, mv = export_model(
+            store, args.ref, args.format, args.output, folder=settings.data_dir / "exports"
+        )
         print(f"exported {mv.ref} as {args.format} to {path}")
         return 0
     raise AssertionError(args.action)
@@ -445,7 +450,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     parser = argparse.ArgumentParser(
         prog="inspector", description="Industrial defect inspection with a multi-scale VGG."
     )
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: WARNING",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune a classifier and register it as a new version")
@@ -629,7 +640,9 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     q = msub.add_parser("export", help="write NAME[:VERSION] as ONNX or TorchScript")
     q.add_argument("ref")
     q.add_argument("--format", choices=["onnx", "torchscript"], required=True)
-    q.add_argument("--output", type=Path)
+    q.add_argument(
+        "--output", type=Path, help="file to write (default: DATA/exports/NAME-vN.onnx or .pt)"
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("db", help="create or migrate the database (INSPECTOR_DATABASE_URL)")
@@ -642,11 +655,17 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.set_defaults(func=cmd_tokens)
 
     p = sub.add_parser("demo-data", help="generate a synthetic folder-per-class dataset")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--per-class", type=positive_int, default=60)
-    p.add_argument("--size", type=positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("out_dir", type=Path, help="folder to write OUT_DIR/<class>/*.png into")
+    p.add_argument("--per-class", type=positive_int, default=60, help="images per class (60)")
+    p.add_argument("--size", type=positive_int, default=128, help="image side in pixels (128)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of each class written to OUT_DIR/val instead, the rest to OUT_DIR/train "
+        "(default 0: one folder)",
+    )
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("demo", help="demo data, a demo model and a classified batch")

@@ -305,7 +305,8 @@ def evaluate_predictions(
     defect score is >= ``threshold``. ``flagged`` (N,) marks the images sent to a human (for
     instance predicted defect *or* in the review band); it defaults to "predicted defect".
     Precision of a class never predicted, and recall of a class with no image, are 0.0;
-    ``macro_f1`` is the plain mean of the per-class F1 over all classes.
+    ``macro_f1`` is the plain mean of the per-class F1 over the classes the set holds or the
+    model predicted (as scikit-learn counts it): a class absent from both has no F1 to average.
     """
     arr = _as_probs(probs)
     num_images, num_classes = arr.shape
@@ -356,7 +357,7 @@ def evaluate_predictions(
         classes=[str(c) for c in classes],
         defect_classes=[str(c) for c in classes if c in set(defect_classes)],
         accuracy=float(tp.sum() / num_images),
-        macro_f1=float(np.mean(f1s)),
+        macro_f1=float(np.mean([f for f, n in zip(f1s, support + predicted, strict=True) if n])),
         per_class=per_class,
         confusion=confusion.tolist(),
         defect_recall=(float(predicted_defect[is_defect].sum() / n_defect) if n_defect else None),

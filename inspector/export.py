@@ -27,8 +27,15 @@ FORMATS = ("onnx", "torchscript")
 
 
 def export_model(
-    store: ModelStore, ref: str, fmt: str, output: Path | None = None
+    store: ModelStore,
+    ref: str,
+    fmt: str,
+    output: Path | None = None,
+    *,
+    folder: Path = Path("."),
 ) -> tuple[Path, ModelVersion]:
+    """Write version ``ref`` to ``output``, or into ``folder`` as NAME-vN.onnx (with
+    NAME-vN.json beside it) or NAME-vN.torchscript.pt."""
     if fmt not in FORMATS:
         raise ConfigurationError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if output is not None:
@@ -36,7 +43,7 @@ def export_model(
     model, mv = store.load(ref, "cpu")
     meta = mv.metadata
     suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
-    output = output or Path(f"{meta.name}-v{meta.version}{suffix}")
+    output = output or folder / f"{meta.name}-v{meta.version}{suffix}"
     output.parent.mkdir(parents=True, exist_ok=True)
     size = meta.preprocessing.scales[0]
     example = torch.zeros(1, 3, size, size)

@@ -223,7 +223,13 @@ def defect_classes_of(
         good = set(good_classes)
     else:
         good = {c for c in classes if c.lower() in GOOD_CLASS_NAMES}
-    return tuple(c for c in classes if c not in good)
+    defects = tuple(c for c in classes if c not in good)
+    if not defects:
+        raise ConfigurationError(
+            f"every class is a good class ({', '.join(classes)}): a defect classifier needs at "
+            "least one defect class; --good-classes names only the classes that are not defects"
+        )
+    return defects
 
 
 def seed_everything(seed: int) -> None:
@@ -968,7 +974,7 @@ def fit(
         parent=parent,
         init=init_used,
         dataset={
-            "train_root": str(data.train.root),
+            "train_root": str(Path(data.train.root).resolve()),
             "val_root": str(data.val.root) if val_dir else None,
             "train_counts": data.train.counts(),
             "val_counts": data.val.counts(),

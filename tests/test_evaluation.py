@@ -99,6 +99,14 @@ def test_class_never_predicted_has_zero_precision_without_warning():
     assert report.macro_f1 == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
 
 
+def test_macro_f1_leaves_out_a_class_neither_held_nor_predicted():
+    labels = np.array([0, 1, 1])
+    preds = np.array([0, 1, 0])  # "c" is a class of the model, but not in this set
+    report = evaluate_predictions(one_hotish(preds, 3), labels, ["a", "b", "c"], ["c"])
+    assert report.per_class["c"]["support"] == 0
+    assert report.macro_f1 == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
 def test_defect_recall_and_false_reject_rate_with_one_good_class():
     classes = ["free", "scratch", "dent"]
     # probability of "free" per image; defect score = 1 - p_free

@@ -269,6 +269,8 @@ def test_an_unreadable_file_is_refused_before_training(tmp_path: Path, demo_dirs
 def test_defect_classes_and_class_weights() -> None:
     assert defect_classes_of(("blowhole", "free", "crack"), None) == ("blowhole", "crack")
     assert defect_classes_of(("a", "b"), ("b",)) == ("a",)
+    with pytest.raises(ConfigurationError, match="every class is a good class"):
+        defect_classes_of(("ok", "b"), ("ok", "b"))
     with pytest.raises(ConfigurationError, match="not among the classes"):
         defect_classes_of(("a", "b"), ("ok",))
     w = class_weights([0] * 70 + [1] * 30, 2)
