@@ -243,15 +243,6 @@ class Augmentation:
     brightness: float = 0.15
     contrast: float = 0.15
 
-    @classmethod
-    def for_normalisation(cls, normalise: str) -> Augmentation:
-        """The augmentation for a model that normalises so. "image" and "local" standardise
-        each image (or each square of it) by its own mean and std, which undoes any change of
-        contrast and brightness (but for the std floors of near-flat images): there the lighting
-        jitter would cost time (half of the augmentation's) and teach nothing. "fixed" keeps it.
-        """
-        return cls() if normalise == "fixed" else cls(brightness=0.0, contrast=0.0)
-
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.apply_with_mask(image, None, rng)[0]
 

@@ -903,7 +903,7 @@ def fit(
         trained.append(
             train_network(
                 network,
-                part(split.train, Augmentation.for_normalisation(pre.normalise), seed),
+                part(split.train, Augmentation(), seed),
                 part(split.val, None, 0),
                 split.data,
                 pre,
