@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from inspector.datasets import (
     Augmentation,
@@ -14,7 +15,7 @@ from inspector.datasets import (
     stratified_split,
 )
 from inspector.errors import DatasetError
-from inspector.preprocessing import Preprocessing
+from inspector.preprocessing import Preprocessing, to_batch
 from tests.conftest import noise_image, write_image
 
 
@@ -147,6 +148,21 @@ def test_lighting_augmentation_does_not_saturate_bright_surfaces() -> None:
         out = aug.apply(bright, np.random.default_rng(seed))
         # Texture survives any offset: no pixel is clipped to white.
         assert np.allclose(out - out.mean(), bright - bright.astype(np.float32).mean(), atol=2e-3)
+
+
+def test_lighting_is_undone_by_per_image_and_local_normalisation() -> None:
+    rng = np.random.default_rng(3)
+    surface = (0.3 + 0.4 * rng.random((40, 56, 3))).astype(np.float16)
+    lit = Augmentation(flips=False, rotations=False, brightness=0.15, contrast=0.15)
+    for normalise in ("image", "local", "fixed"):
+        pre = Preprocessing(scales=(32,), normalise=normalise)
+        plain = to_batch([surface], (32, 44), pre)
+        moved = [
+            to_batch([lit.apply(surface, np.random.default_rng(seed))], (32, 44), pre)
+            for seed in range(4)
+        ]
+        undone = all(torch.allclose(m, plain, atol=1e-4) for m in moved)
+        assert undone == (normalise != "fixed")
 
 
 def test_scale_jitter_trains_at_every_listed_scale() -> None:
