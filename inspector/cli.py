@@ -559,7 +559,7 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     )
     p.add_argument(
         "--validate-every",
-        type=int,
+        type=positive_int,
         default=1,
         help="in the first half of the run, before early stopping can begin, validate only "
         "every N epochs (every epoch after): less time on small models (default 1)",
