@@ -238,32 +238,25 @@ def test_imagenet_init_loads_a_local_torchvision_file(tmp_path: Path, monkeypatc
         load_imagenet_features(model, bad)
 
 
-def test_dataset_problems_are_refused_before_training(tmp_path: Path) -> None:
-    (tmp_path / "only").mkdir()
-    (tmp_path / "only" / "a.png").write_bytes(b"")
-    with pytest.raises(DatasetError, match="found 1 class"):
-        fit(
-            tmp_path,
-            name="x",
-            store=ModelStore(tmp_path / "s"),
-            weights_dir=tmp_path,
-            config=tiny_config(),
-        )
-
-
-def test_an_unreadable_file_is_refused_before_training(tmp_path: Path, demo_dirs) -> None:
-    train_dir, _ = demo_dirs
-    data = tmp_path / "data"
-    shutil.copytree(train_dir, data)
-    (data / "scratch" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a dangling link
-    with pytest.raises(DatasetError, match=r"1 of \d+ image\(s\) cannot be read:\n.*gone.png: "):
-        fit(
-            data,
-            name="x",
-            store=ModelStore(tmp_path / "s"),
-            weights_dir=tmp_path,
-            config=tiny_config(),
-        )
+def test_dataset_problems_are_refused_before_training(tmp_path: Path, demo_dirs) -> None:
+    one_class = tmp_path / "one"
+    (one_class / "only").mkdir(parents=True)
+    (one_class / "only" / "a.png").write_bytes(b"")
+    dangling = tmp_path / "dangling"
+    shutil.copytree(demo_dirs[0], dangling)
+    (dangling / "scratch" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    for data, message in (
+        (one_class, "found 1 class"),
+        (dangling, r"1 of \d+ image\(s\) cannot be read:\n.*gone.png: "),
+    ):
+        with pytest.raises(DatasetError, match=message):
+            fit(
+                data,
+                name="x",
+                store=ModelStore(tmp_path / "s"),
+                weights_dir=tmp_path,
+                config=tiny_config(),
+            )
 
 
 def test_defect_classes_and_class_weights() -> None:
