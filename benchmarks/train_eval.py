@@ -53,6 +53,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "average_epochs": 2.0,
         "crop": None,
         "crop_epochs": None,
+        "early_scales": None,
+        "early_epochs": 0,
         "patience": 8,
         "validate_every": 1,
         "members": 1,
@@ -72,6 +74,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "average_epochs": 2.0,
         "crop": None,
         "crop_epochs": None,
+        "early_scales": None,
+        "early_epochs": 0,
         # No early stop: the best epochs come at the end of the cosine schedule (72-75 of 80
         # in every full run), and two runs stopped at epoch 48-51 lost 5-8 points.
         "patience": 80,
@@ -149,6 +153,8 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         average_epochs=args.average_epochs,
         crop=args.crop,
         crop_epochs=args.crop_epochs,
+        early_scales=parse_scales(args.early_scales) if args.early_scales else None,
+        early_epochs=args.early_epochs,
         members=args.members,
         folds=args.folds,
         good_per_epoch=args.good_per_epoch,
@@ -187,6 +193,8 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "average_epochs": args.average_epochs,
         "crop": args.crop,
         "crop_epochs": args.crop_epochs,
+        "early_scales": args.early_scales,
+        "early_epochs": args.early_epochs,
         "members": args.members,
         "folds": args.folds,
         "good_per_epoch": args.good_per_epoch,
@@ -283,6 +291,16 @@ def main() -> int:
         "--crop-epochs",
         type=int,
         help="epochs on crops before whole images (TrainConfig.crop_epochs); default: the recipe",
+    )
+    p.add_argument(
+        "--early-scales",
+        help="scales the first --early-epochs epochs jitter over (TrainConfig.early_scales); "
+        "default: the recipe",
+    )
+    p.add_argument(
+        "--early-epochs",
+        type=int,
+        help="epochs at --early-scales (TrainConfig.early_epochs); default: the recipe",
     )
     p.add_argument("--patience", type=int, help="default: the dataset's recipe")
     p.add_argument(

@@ -100,6 +100,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         mask_weight=args.mask_weight,
         crop=args.crop,
         crop_epochs=args.crop_epochs,
+        early_scales=parse_scales(args.early_scales) if args.early_scales else None,
+        early_epochs=args.early_epochs,
         average_epochs=args.average_epochs,
         max_image_pixels=settings.max_image_pixels,
         progress=not args.quiet,
@@ -552,6 +554,17 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
     p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")
+    p.add_argument(
+        "--early-scales",
+        help="with --early-epochs: the first epochs jitter over these smaller sizes "
+        "(comma-separated), the rest over --scales: cheaper early epochs (progressive resizing)",
+    )
+    p.add_argument(
+        "--early-epochs",
+        type=non_negative_int,
+        default=0,
+        help="epochs at --early-scales before the rest of the run goes on at --scales",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

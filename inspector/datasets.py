@@ -421,10 +421,14 @@ class ScaleCollate:
         self.scale = scale
         self.crops = crops
         self.rng = random.Random(seed)
-        low, high = pre.jitter_range
-        m = pre.size_multiple
-        # Every listed scale, and the steps of size_multiple between the smallest and largest.
-        self.choices = sorted(set(range(low, high + 1, m)) | set(pre.scales))
+        self.choices: list[int] = []
+        self.jitter_over(pre.scales)
+
+    def jitter_over(self, scales: Sequence[int]) -> None:
+        """Training batches take a random scale from these: every listed scale, and the steps
+        of ``size_multiple`` between the smallest and the largest."""
+        low, high, m = min(scales), max(scales), self.pre.size_multiple
+        self.choices = sorted(set(range(low, high + 1, m)) | set(scales))
 
     def __call__(self, batch: Sequence[Item]) -> tuple[torch.Tensor, ...]:
         scale = self.scale if self.scale is not None else self.rng.choice(self.choices)

@@ -96,10 +96,6 @@ class Preprocessing:
         """How many views of each image the network sees at each scale."""
         return len(FLIPS) if self.flips else 1
 
-    @property
-    def jitter_range(self) -> tuple[int, int]:
-        return min(self.scales), max(self.scales)
-
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["scales"] = list(self.scales)

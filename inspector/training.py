@@ -126,6 +126,12 @@ class TrainConfig:
     # Epochs on crops before the rest of the run goes on whole images (None: every epoch):
     # cheap crops first, then the network meets the whole images it will be served.
     crop_epochs: int | None = None
+    # Progressive resizing: the first ``early_epochs`` epochs jitter over ``early_scales``
+    # (smaller than ``scales``: an epoch costs about as much less as it has fewer pixels), the
+    # rest over ``scales``, which the model is validated and served at. None: every epoch at
+    # ``scales``.
+    early_scales: tuple[int, ...] | None = None
+    early_epochs: int = 0
     # Validate, early-stop and store a moving average of the weights spanning about this many
     # epochs (inspector.weight_average); 0 keeps the last step's weights.
     average_epochs: float = 0.0
@@ -180,7 +186,21 @@ class TrainConfig:
                 f"a set of {self.folds} folds has {self.folds} networks, one per fold; "
                 f"members {self.members} does not fit it"
             )
+        if self.early_scales is not None:
+            Preprocessing(scales=self.early_scales)  # checks the sizes
+            if not 1 <= self.early_epochs < self.epochs:
+                raise ConfigurationError(
+                    f"early_epochs must be between 1 and epochs - 1 ({self.epochs - 1}) with "
+                    f"early scales, got {self.early_epochs}"
+                )
+        elif self.early_epochs:
+            raise ConfigurationError("early_epochs needs early_scales: the scales to start at")
         if self.crop is not None:
+            if self.early_scales is not None and self.crop > min(self.early_scales):
+                raise ConfigurationError(
+                    f"crop {self.crop} is larger than the smallest early scale "
+                    f"{min(self.early_scales)}: every scaled image must hold a whole crop"
+                )
             if self.crop_epochs is not None and not 0 <= self.crop_epochs <= self.epochs:
                 raise ConfigurationError(
                     f"crop_epochs must be between 0 and epochs ({self.epochs}), "
@@ -206,6 +226,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["scales"] = list(self.scales)
+        data["early_scales"] = list(self.early_scales) if self.early_scales else None
         data["good_classes"] = list(self.good_classes) if self.good_classes is not None else None
         return data
 
@@ -744,6 +765,8 @@ def train_network(
         last_on_crops = config.epochs if config.crop_epochs is None else config.crop_epochs
         on_crops = crops is not None and epoch <= last_on_crops
         collate.crops = crops if on_crops else None
+        early = config.early_scales is not None and epoch <= config.early_epochs
+        collate.jitter_over(config.early_scales if early and config.early_scales else pre.scales)
         t0 = time.perf_counter()
         with tqdm(
             total=len(train_set),
@@ -757,6 +780,8 @@ def train_network(
                 row["member"] = member + 1
             if crops is not None:
                 row["crop"] = crops.size if on_crops else 0
+            if config.early_scales is not None:
+                row["max_scale"] = max(collate.choices)
             row |= train_one_epoch(
                 model,
                 loader,

@@ -169,3 +169,10 @@ def test_scale_jitter_trains_at_every_listed_scale() -> None:
     # 200 is not on the 32-pixel grid from 160; it is still one of the scales trained at.
     collate = ScaleCollate(Preprocessing(scales=(160, 200)), scale=None)
     assert collate.choices == [160, 192, 200]
+    # Progressive resizing: the early epochs jitter over smaller scales, then back.
+    collate.jitter_over((96, 128))
+    assert collate.choices == [96, 128]
+    item = (np.zeros((300, 400, 3), np.float32), 0)
+    assert {tuple(collate([item])[0].shape[-2:]) for _ in range(20)} == {(96, 128), (128, 160)}
+    collate.jitter_over((160, 200))
+    assert collate.choices == [160, 192, 200]

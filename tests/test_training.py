@@ -339,6 +339,29 @@ def test_validating_every_few_epochs_before_the_patience_window(tmp_path: Path, 
     assert losses[2] == pytest.approx(losses[1], rel=1e-6)
 
 
+def test_early_epochs_train_at_the_early_scales(tmp_path: Path, demo_dirs) -> None:
+    with pytest.raises(ConfigurationError, match="early_epochs must be between"):
+        tiny_config(epochs=4, early_scales=(32,), early_epochs=4)
+    with pytest.raises(ConfigurationError, match="needs early_scales"):
+        tiny_config(early_epochs=2)
+    with pytest.raises(ConfigurationError, match="scales must be"):
+        tiny_config(early_scales=(16,), early_epochs=2)
+    train_dir, val_dir = demo_dirs
+    mv = fit(
+        train_dir,
+        val_dir=val_dir,
+        name="early",
+        store=ModelStore(tmp_path),
+        weights_dir=tmp_path,
+        config=tiny_config(epochs=3, early_scales=(32, 48), early_epochs=2),
+    )
+    history = json.loads((mv.path / "history.json").read_text())
+    assert [row["max_scale"] for row in history] == [48, 48, 96]
+    # Served, validated and calibrated at the model's own scales, not the early ones.
+    assert mv.metadata.preprocessing.scales == (64, 96)
+    assert mv.metadata.training["config"]["early_scales"] == [32, 48]
+
+
 def test_normalisation_and_stride_are_checked_up_front() -> None:
     assert tiny_config(normalise="fixed").normalise == "fixed"
     with pytest.raises(ConfigurationError):
