@@ -114,13 +114,14 @@ class Preprocessing:
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        raise ConfigurationError("at least one scale is needed")
+    items = text.replace(" ", "").split(",")
     try:
-        scales = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+        # An empty item ("224,,288") is a typo, not a scale left out: refused like a word.
+        return tuple(int(s) for s in items)
     except ValueError:
         raise ConfigurationError(f"scales must be comma-separated integers, got {text!r}") from None
-    if not scales:
-        raise ConfigurationError("at least one scale is needed")
-    return scales
 
 
 def target_size(height: int, width: int, scale: int, pre: Preprocessing) -> tuple[int, int]:

@@ -188,6 +188,12 @@ class TrainConfig:
             )
         if self.early_scales is not None:
             Preprocessing(scales=self.early_scales)  # checks the sizes
+            if max(self.early_scales) > max(self.scales):
+                raise ConfigurationError(
+                    f"early scales {self.early_scales} reach above the largest scale "
+                    f"{max(self.scales)}: images are kept at most that large, and the early "
+                    "epochs are meant to be the cheaper ones"
+                )
             if not 1 <= self.early_epochs < self.epochs:
                 raise ConfigurationError(
                     f"early_epochs must be between 1 and epochs - 1 ({self.epochs - 1}) with "

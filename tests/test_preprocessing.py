@@ -167,5 +167,8 @@ def test_preprocessing_round_trips_and_validates() -> None:
     assert parse_scales("224, 256,288") == (224, 256, 288)
     with pytest.raises(ConfigurationError):
         parse_scales("224,big")
+    for typo in ("64,,96", "64,96,", ""):
+        with pytest.raises(ConfigurationError):
+            parse_scales(typo)
     with pytest.raises(ConfigurationError):
         Preprocessing(scales=(16,))

@@ -346,6 +346,8 @@ def test_early_epochs_train_at_the_early_scales(tmp_path: Path, demo_dirs) -> No
         tiny_config(early_epochs=2)
     with pytest.raises(ConfigurationError, match="scales must be"):
         tiny_config(early_scales=(16,), early_epochs=2)
+    with pytest.raises(ConfigurationError, match="reach above the largest scale"):
+        tiny_config(early_scales=(64, 128), early_epochs=2)
     train_dir, val_dir = demo_dirs
     mv = fit(
         train_dir,
