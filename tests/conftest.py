@@ -37,6 +37,21 @@ def tiny_config(**overrides: object) -> TrainConfig:
     return TrainConfig(**values)  # type: ignore[arg-type]
 
 
+def fit_demo(
+    store_dir: Path, demo_dirs: tuple[Path, Path], name: str, **overrides: object
+) -> ModelVersion:
+    """A tiny fit on the demo data (``tiny_config`` with ``overrides``), stored in store_dir."""
+    train_dir, val_dir = demo_dirs
+    return fit(
+        train_dir,
+        val_dir=val_dir,
+        name=name,
+        store=ModelStore(store_dir),
+        weights_dir=store_dir,
+        config=tiny_config(**overrides),
+    )
+
+
 @pytest.fixture(scope="session")
 def demo_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("demo")

@@ -18,7 +18,7 @@ from inspector.inference import Classifier
 from inspector.model import ModelSpec, VGGClassifier, VGGEnsemble, build_model, model_from_spec
 from inspector.store import METADATA_FILE, ModelStore, ModelVersion
 from inspector.training import continued_choices, fit, initialise, member_checkpoint
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, fit_demo, tiny_config
 
 SPEC = {"arch": "vgg11_bn", "num_classes": 3, "width": 0.125, "pool": "max"}
 
@@ -102,15 +102,7 @@ def test_fit_trains_each_network_from_its_own_seed_and_stores_one_version(
     assert meta.metrics["accuracy"] >= 0.6  # 5 classes, 4 epochs: learnt, evaluated as one
 
     # The first network is exactly the single model the same seed trains; the second differs.
-    train_dir, val_dir = demo_dirs
-    single = fit(
-        train_dir,
-        val_dir=val_dir,
-        name="single",
-        store=ModelStore(tmp_path / "store"),
-        config=tiny_config(epochs=4),
-        weights_dir=tmp_path,
-    )
+    single = fit_demo(tmp_path / "store", demo_dirs, "single", epochs=4)
     one, _ = ModelStore(tmp_path / "store").load(single.ref)
     both, _ = ModelStore(pair.path.parent.parent).load(pair.ref)
     assert isinstance(both, VGGEnsemble)

@@ -7,9 +7,7 @@ from torch import nn
 from inspector import training
 from inspector.errors import ConfigurationError
 from inspector.losses import FocalLoss
-from inspector.store import ModelStore
-from inspector.training import fit
-from tests.conftest import tiny_config
+from tests.conftest import fit_demo, tiny_config
 
 
 @pytest.fixture
@@ -73,16 +71,8 @@ def test_training_uses_it_when_asked(tmp_path: Path, demo_dirs, monkeypatch) -> 
             return super().forward(logits, labels)
 
     monkeypatch.setattr(training, "FocalLoss", Counting)
-    train_dir, val_dir = demo_dirs
     for gamma in (0.0, 2.0):
-        mv = fit(
-            train_dir,
-            val_dir=val_dir,
-            name="focal",
-            store=ModelStore(tmp_path),
-            weights_dir=tmp_path,
-            config=tiny_config(epochs=1, focal_gamma=gamma),
-        )
+        mv = fit_demo(tmp_path, demo_dirs, "focal", epochs=1, focal_gamma=gamma)
         assert mv.metadata.training["config"]["focal_gamma"] == gamma
     # Cross-entropy for gamma 0; one focal loss per training batch (300 images, 16 a batch).
     assert calls == [2.0] * 19

@@ -20,7 +20,7 @@ from inspector.training import (
     fit,
     initialise,
 )
-from tests.conftest import tiny_config
+from tests.conftest import fit_demo, tiny_config
 
 
 def test_compact_model_learns_the_demo_surfaces(trained: ModelVersion) -> None:
@@ -279,17 +279,9 @@ def test_an_epoch_can_take_a_fresh_share_of_the_good_images(tmp_path: Path, demo
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigurationError, match="good_per_epoch"):
             tiny_config(good_per_epoch=bad)
-    train_dir, val_dir = demo_dirs
     per_epoch = {}
     for share in (1.0, 0.25):
-        mv = fit(
-            train_dir,
-            val_dir=val_dir,
-            name="thin",
-            store=ModelStore(tmp_path),
-            weights_dir=tmp_path,
-            config=tiny_config(epochs=2, good_per_epoch=share),
-        )
+        mv = fit_demo(tmp_path, demo_dirs, "thin", epochs=2, good_per_epoch=share)
         assert mv.metadata.training["config"]["good_per_epoch"] == share
         history = json.loads((mv.path / "history.json").read_text())
         per_epoch[share] = [row["train_images"] for row in history]
@@ -318,17 +310,9 @@ def test_early_stopping_counts_patience_after_half_the_epochs(tmp_path: Path, de
 def test_validating_every_few_epochs_before_the_patience_window(tmp_path: Path, demo_dirs) -> None:
     with pytest.raises(ConfigurationError, match="validate_every"):
         tiny_config(validate_every=0)
-    train_dir, val_dir = demo_dirs
     histories = {}
     for every in (1, 2):
-        mv = fit(
-            train_dir,
-            val_dir=val_dir,
-            name=f"every{every}",
-            store=ModelStore(tmp_path),
-            weights_dir=tmp_path,
-            config=tiny_config(epochs=6, validate_every=every),
-        )
+        mv = fit_demo(tmp_path, demo_dirs, f"every{every}", epochs=6, validate_every=every)
         histories[every] = json.loads((mv.path / "history.json").read_text())
         validated = [row["epoch"] for row in histories[every] if "val_loss" in row]
         # Epochs 1-3 come before the patience window (half the run): every 2nd is validated.
@@ -348,15 +332,7 @@ def test_early_epochs_train_at_the_early_scales(tmp_path: Path, demo_dirs) -> No
         tiny_config(early_scales=(16,), early_epochs=2)
     with pytest.raises(ConfigurationError, match="reach above the largest scale"):
         tiny_config(early_scales=(64, 128), early_epochs=2)
-    train_dir, val_dir = demo_dirs
-    mv = fit(
-        train_dir,
-        val_dir=val_dir,
-        name="early",
-        store=ModelStore(tmp_path),
-        weights_dir=tmp_path,
-        config=tiny_config(epochs=3, early_scales=(32, 48), early_epochs=2),
-    )
+    mv = fit_demo(tmp_path, demo_dirs, "early", epochs=3, early_scales=(32, 48), early_epochs=2)
     history = json.loads((mv.path / "history.json").read_text())
     assert [row["max_scale"] for row in history] == [48, 48, 96]
     # Served, validated and calibrated at the model's own scales, not the early ones.
@@ -383,16 +359,8 @@ def test_continuing_takes_the_parents_choices_but_not_an_empty_good_set(
     assert choices["scales"] == (64, 96)
     assert continued_choices(store, "scratch") == {}
 
-    train_dir, val_dir = demo_dirs
     all_defects = ModelStore(tmp_path / "store")
-    mv = fit(
-        train_dir,
-        val_dir=val_dir,
-        name="steel",
-        store=all_defects,
-        weights_dir=tmp_path,
-        config=tiny_config(epochs=1, good_classes=()),
-    )
+    mv = fit_demo(all_defects.root, demo_dirs, "steel", epochs=1, good_classes=())
     assert mv.metadata.defect_classes == mv.metadata.classes
     # Its features may start another line's model: that line's "good" must stay good.
     assert "good_classes" not in continued_choices(all_defects, mv.ref)
