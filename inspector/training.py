@@ -771,8 +771,8 @@ def train_network(
         last_on_crops = config.epochs if config.crop_epochs is None else config.crop_epochs
         on_crops = crops is not None and epoch <= last_on_crops
         collate.crops = crops if on_crops else None
-        early = config.early_scales is not None and epoch <= config.early_epochs
-        collate.jitter_over(config.early_scales if early and config.early_scales else pre.scales)
+        early = config.early_scales if epoch <= config.early_epochs else None
+        collate.jitter_over(early or pre.scales)
         t0 = time.perf_counter()
         with tqdm(
             total=len(train_set),

@@ -332,6 +332,8 @@ def test_early_epochs_train_at_the_early_scales(tmp_path: Path, demo_dirs) -> No
         tiny_config(early_scales=(16,), early_epochs=2)
     with pytest.raises(ConfigurationError, match="reach above the largest scale"):
         tiny_config(early_scales=(64, 128), early_epochs=2)
+    with pytest.raises(ConfigurationError, match="smallest early scale"):
+        tiny_config(crop=48, masks="masks", early_scales=(32, 64), early_epochs=2)
     mv = fit_demo(tmp_path, demo_dirs, "early", epochs=3, early_scales=(32, 48), early_epochs=2)
     history = json.loads((mv.path / "history.json").read_text())
     assert [row["max_scale"] for row in history] == [48, 48, 96]
