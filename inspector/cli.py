@@ -552,7 +552,9 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         "fold: the threshold rests on all your labelled defects, not a fifth of them "
         "(instead of --val and --val-fraction; default: 1, one hold-out, or the --init version's)",
     )
-    p.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N conv blocks")
+    p.add_argument(
+        "--freeze-blocks", type=non_negative_int, default=0, help="freeze the first N conv blocks"
+    )
     p.add_argument("--scales", help="short-side sizes, comma-separated (default: 224,256,288)")
     p.add_argument(
         "--early-scales",

@@ -194,6 +194,10 @@ class TrainConfig:
                     f"{max(self.scales)}: images are kept at most that large, and the early "
                     "epochs are meant to be the cheaper ones"
                 )
+            if self.early_epochs == 0:
+                raise ConfigurationError(
+                    "early_scales needs early_epochs: how many epochs to train at them"
+                )
             if not 1 <= self.early_epochs < self.epochs:
                 raise ConfigurationError(
                     f"early_epochs must be between 1 and epochs - 1 ({self.epochs - 1}) with "

@@ -153,6 +153,8 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(
     for argv in (
         ["classify", str(taken), "--model", "demo", "--output", "o.csv", "--batch-size", "-5"],
         ["train", str(tmp_path), "--name", "x", "--workers", "-1"],
+        ["train", str(tmp_path), "--name", "x", "--freeze-blocks", "-1"],
+        ["train", str(tmp_path), "--name", "x", "--early-epochs", "-2"],
         ["demo-data", str(tmp_path / "d"), "--per-class", "0"],
     ):
         with pytest.raises(SystemExit) as exited:  # argparse: usage and the reason, exit 2

@@ -326,6 +326,8 @@ def test_validating_every_few_epochs_before_the_patience_window(tmp_path: Path, 
 def test_early_epochs_train_at_the_early_scales(tmp_path: Path, demo_dirs) -> None:
     with pytest.raises(ConfigurationError, match="early_epochs must be between"):
         tiny_config(epochs=4, early_scales=(32,), early_epochs=4)
+    with pytest.raises(ConfigurationError, match="needs early_epochs"):
+        tiny_config(early_scales=(32,))
     with pytest.raises(ConfigurationError, match="needs early_scales"):
         tiny_config(early_epochs=2)
     with pytest.raises(ConfigurationError, match="scales must be"):
