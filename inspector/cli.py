@@ -295,6 +295,9 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         batch_size=args.batch_size or settings.batch_size,
     )
     meta = classifier.meta
+    # A path that is not there is most likely a typo: it still gets its error row, but the
+    # exit status says so (2), as a batch of bad images alone does not.
+    missing = [str(p) for p in args.paths if not os.path.exists(p)]
     with ResultWriter(args.output, meta.classes, meta.preprocessing.scales) as writer:
         summary = classify_paths(
             classifier,
@@ -311,6 +314,9 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
         f"{summary.errors} error(s), {summary.defects} defect(s), {summary.flagged} flagged "
         f"in {summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s) -> {args.output}"
     )
+    if missing:
+        print(f"not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     return 0 if summary.total else 1
 
 

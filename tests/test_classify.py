@@ -89,6 +89,21 @@ def test_named_files_are_taken_as_given_and_jsonl_nests(
     assert rows[1]["error"] and "label" not in rows[1]
 
 
+def test_a_path_that_is_not_there_is_an_error_row_and_exit_status_2(
+    tmp_path: Path, monkeypatch, trained: ModelVersion, demo_dirs, capsys
+) -> None:
+    env(monkeypatch, trained, tmp_path)
+    img = sorted((demo_dirs[1] / "spot").iterdir())[0]
+    typo = tmp_path / "batchh"
+    out = tmp_path / "r.csv"
+    assert main(["classify", str(img), str(typo), "--model", "demo:1", "--output", str(out)]) == 2
+    with out.open() as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert not rows[img.name]["error"] and rows[img.name]["label"]
+    assert rows["batchh"]["error"] and rows["batchh"]["label"] == ""
+    assert f"not found: {typo}" in capsys.readouterr().err
+
+
 def test_json_output_is_one_array_written_as_it_goes(
     tmp_path: Path, monkeypatch, trained: ModelVersion, demo_dirs
 ) -> None:
