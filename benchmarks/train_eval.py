@@ -85,7 +85,8 @@ RECIPES: dict[str, dict[str, object]] = {
         "members": 1,
         "folds": 1,
         # 43% of the good tiles an epoch (as many good as defect tiles), a third less time; the
-        # mask loss three times the label's: better on all three seeds tried (README, 12-01).
+        # mask loss three times the label's: better on all three seeds tried (the benchmark
+        # log, benchmarks/README.md, 12-01).
         "good_per_epoch": 0.43,
         "focal_gamma": 0.0,
         "mask_weight": 3.0,
