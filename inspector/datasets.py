@@ -239,7 +239,7 @@ class Augmentation:
     "image" and "local" normalisations the lighting change is undone altogether (each image, or
     square, is standardised by its own mean and std); it teaches only with "fixed". It is kept
     in training all the same: skipping it saved no measurable time on magnetic tile, and would
-    change the published recipe runs by rounding (README, 12-01).
+    change the published recipe runs by rounding (benchmarks/README.md, 12-01).
     """
 
     flips: bool = True
