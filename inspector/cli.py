@@ -635,7 +635,13 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
     p.add_argument("--device")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("classify", help="classify image files and folders offline")
+    p = sub.add_parser(
+        "classify",
+        help="classify image files and folders offline",
+        description="Classify image files and folders offline: one row per image, a bad image "
+        "a row with its error. Exit status 0, or 2 when a named path is not there, 1 when no "
+        "images were found.",
+    )
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--model", required=True)
     p.add_argument(
