@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from inspector.calibration import fused_probabilities
-from inspector.datasets import load_images, scan_folder, stratified_split
+from inspector.datasets import LabelledFolder, load_images, scan_folder, stratified_split
 from inspector.evaluation import defect_auc, defect_scores, false_rejects_at_recall
 from inspector.inference import Classifier
 from inspector.preprocessing import Image, group_by_size
@@ -116,13 +116,18 @@ def main() -> int:
     clf = Classifier.from_store(ModelStore(args.store), args.model, device="cpu")
     meta = clf.meta
     config = meta.training["config"]
+    if int(config.get("folds", 1)) > 1 or meta.dataset.get("val_root"):
+        raise SystemExit(
+            f"{meta.ref}: trained on folds or a separate --val; give a model that "
+            "held out a share of train (its hold-out is rebuilt from the seed)"
+        )
     folder = scan_folder(DATASETS / args.dataset / "train", classes=meta.classes)
     train, hold = stratified_split(folder, config["val_fraction"], config["seed"])
     val = scan_folder(DATASETS / args.dataset / "val", classes=meta.classes)
     good = {i for i, c in enumerate(meta.classes) if c not in meta.defect_classes}
     load = {"max_pixels": 10**8, "max_short_side": max(meta.preprocessing.scales)}
 
-    def decoded(part):  # type: ignore[no-untyped-def]
+    def decoded(part: LabelledFolder) -> list[Image]:
         return [im.astype(np.float32) for im in load_images(part, **load)]
 
     train_good = [im for im, y in zip(decoded(train), train.labels(), strict=True) if y in good]
