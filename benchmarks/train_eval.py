@@ -29,6 +29,7 @@ import torch
 from common import DATASETS, RESULTS, ROOT
 
 from inspector.inference import Classifier
+from inspector.model import PADDINGS
 from inspector.preprocessing import parse_scales
 from inspector.reports import evaluate_folder
 from inspector.store import ModelStore
@@ -48,6 +49,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "epochs": 32,
         "pool": "avg",
         "stride": 32,
+        "padding": "zeros",
         "masks": False,
         "flips": False,
         "average_epochs": 2.0,
@@ -71,6 +73,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "epochs": 120,
         "pool": "max",
         "stride": 32,
+        "padding": "zeros",
         "masks": True,
         "flips": True,
         "average_epochs": 2.0,
@@ -152,6 +155,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         seed=args.seed,
         pool=args.pool,
         stride=args.stride,
+        padding=args.padding,
         masks=str(DATASETS / dataset / "masks" / "train") if args.masks else None,
         average_epochs=args.average_epochs,
         crop=args.crop,
@@ -190,6 +194,7 @@ def run(dataset: str, args: argparse.Namespace, store: ModelStore) -> dict[str, 
         "scales": list(config.scales),
         "pool": args.pool,
         "stride": args.stride,
+        "padding": args.padding,
         "normalise": args.normalise,
         "masks": bool(args.masks),
         "flips": bool(args.flips),
@@ -267,6 +272,11 @@ def main() -> int:
         type=int,
         choices=[16, 32],
         help="output stride of the features (TrainConfig.stride); default: the recipe",
+    )
+    p.add_argument(
+        "--padding",
+        choices=list(PADDINGS),
+        help="the convolutions' padding mode (TrainConfig.padding); default: the recipe",
     )
     p.add_argument(
         "--masks",

@@ -63,6 +63,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "width": args.width,
         "pool": args.pool,
         "stride": args.stride,
+        "padding": args.padding,
         "members": args.members,
         "folds": args.folds,
         "normalise": args.normalise,
@@ -498,6 +499,12 @@ def build_parser(extensions: Sequence[ParserExtension] = ()) -> argparse.Argumen
         choices=[16, 32],
         help="output stride of the features: 32 (torchvision's VGG, default) or 16 (without "
         "its last max-pool: activation maps and mask supervision at twice the resolution)",
+    )
+    p.add_argument(
+        "--padding",
+        choices=["zeros", "reflect", "replicate"],
+        help="what the convolutions see beyond the image's edge: zeros (torchvision's, "
+        "default), or the image mirrored or its edge repeated (defects at the frame's border)",
     )
     p.add_argument(
         "--normalise",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -48,6 +49,17 @@ POOLS: dict[str, type[nn.Module]] = {"avg": nn.AdaptiveAvgPool2d, "max": nn.Adap
 # edge of a part covers a whole location rather than a quarter of one.
 STRIDES = (16, 32)
 
+# What the convolutions see beyond the image's edge: torchvision's zeros, or the image
+# continued (mirrored, or its edge pixels repeated). With zeros every edge looks alike to the
+# network whatever lies along it, and a crack or notch within a few pixels of the frame's
+# border sits where the features are half padding.
+PADDING_MODES: dict[str, Literal["zeros", "reflect", "replicate"]] = {
+    "zeros": "zeros",
+    "reflect": "reflect",
+    "replicate": "replicate",
+}
+PADDINGS = tuple(PADDING_MODES)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -60,10 +72,15 @@ class ModelSpec:
     pool: str = "avg"
     members: int = 1  # networks averaged (VGGEnsemble); 1 is a single network
     stride: int = 32  # output stride of the features (STRIDES)
+    padding: str = "zeros"  # the convolutions' padding mode (PADDINGS)
 
     def __post_init__(self) -> None:
         if self.stride not in STRIDES:
             raise ConfigurationError(f"stride must be one of {STRIDES}, got {self.stride}")
+        if self.padding not in PADDINGS:
+            raise ConfigurationError(
+                f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}"
+            )
         if self.members < 1:
             raise ConfigurationError(f"a model has at least 1 network, got {self.members}")
 
@@ -76,6 +93,7 @@ class ModelSpec:
             "pool": self.pool,
             "members": self.members,
             "stride": self.stride,
+            "padding": self.padding,
         }
 
     @classmethod
@@ -88,6 +106,7 @@ class ModelSpec:
             pool=str(data.get("pool", "avg")),
             members=int(str(data.get("members", 1))),
             stride=int(str(data.get("stride", 32))),
+            padding=str(data.get("padding", "zeros")),
         )
 
 
@@ -118,6 +137,7 @@ class VGGClassifier(nn.Module):
         dropout: float = 0.2,
         pool: str = "avg",
         stride: int = 32,
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -126,9 +146,19 @@ class VGGClassifier(nn.Module):
             raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         cfg, batch_norm = layer_config(arch, width)
         self.spec = ModelSpec(
-            arch, num_classes, width=width, dropout=dropout, pool=pool, stride=stride
+            arch,
+            num_classes,
+            width=width,
+            dropout=dropout,
+            pool=pool,
+            stride=stride,
+            padding=padding,
         )
         self.features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
+        # Padding is no weight: a model of any padding loads the weights of any other.
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                layer.padding_mode = PADDING_MODES[padding]
         if stride == 16:
             # torchvision's layers less the trailing max-pool: the same weights under the same
             # names, so a stride-32 model's features load into it and the other way round.
@@ -246,10 +276,17 @@ def build_model(
     dropout: float = 0.2,
     pool: str = "avg",
     stride: int = 32,
+    padding: str = "zeros",
 ) -> VGGClassifier:
     """A fresh (randomly initialised) classifier."""
     return VGGClassifier(
-        arch=arch, num_classes=num_classes, width=width, dropout=dropout, pool=pool, stride=stride
+        arch=arch,
+        num_classes=num_classes,
+        width=width,
+        dropout=dropout,
+        pool=pool,
+        stride=stride,
+        padding=padding,
     )
 
 
@@ -263,6 +300,7 @@ def model_from_spec(spec: ModelSpec) -> Network:
             dropout=spec.dropout,
             pool=spec.pool,
             stride=spec.stride,
+            padding=spec.padding,
         )
         for _ in range(spec.members)
     ]

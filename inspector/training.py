@@ -45,6 +45,7 @@ from inspector.figures import plot_history
 from inspector.losses import FocalLoss
 from inspector.masks import MaskSupervision, load_masks
 from inspector.model import (
+    PADDINGS,
     STRIDES,
     Network,
     VGGClassifier,
@@ -112,6 +113,7 @@ class TrainConfig:
     dropout: float = 0.2
     pool: str = "avg"
     stride: int = 32  # output stride of the features (inspector.model.STRIDES)
+    padding: str = "zeros"  # the convolutions' padding mode (inspector.model.PADDINGS)
     # Per-image standardisation: surfaces are lit and exposed differently from part to part and
     # line to line; a fixed mean/std lets the network learn brightness as a class cue.
     normalise: str = "image"
@@ -165,6 +167,10 @@ class TrainConfig:
             )
         if self.stride not in STRIDES:
             raise ConfigurationError(f"stride must be one of {STRIDES}, got {self.stride}")
+        if self.padding not in PADDINGS:
+            raise ConfigurationError(
+                f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}"
+            )
         if self.mask_weight < 0:
             raise ConfigurationError(f"mask weight must be >= 0, got {self.mask_weight}")
         if self.focal_gamma < 0:
@@ -226,6 +232,14 @@ class TrainConfig:
                 raise ConfigurationError(
                     f"crop {self.crop} is larger than the smallest scale {min(self.scales)}: "
                     "every scaled image must hold a whole crop"
+                )
+        if self.padding == "reflect":
+            # The last block sees the input at 1/16: mirroring needs two pixels there.
+            smallest = min([*self.scales, *(self.early_scales or ()), self.crop or 32])
+            if smallest < 32:
+                raise ConfigurationError(
+                    f"reflect padding needs inputs of at least 32 pixels (the last conv block "
+                    f"sees them at 1/16), got {smallest}: use replicate padding"
                 )
 
     @property
@@ -380,6 +394,7 @@ def continued_choices(store: ModelStore, init: str) -> dict[str, Any]:
         "width": meta.spec.width,
         "pool": meta.spec.pool,
         "stride": meta.spec.stride,
+        "padding": meta.spec.padding,
         "dropout": meta.spec.dropout,
         "scales": tuple(meta.preprocessing.scales),
         "normalise": meta.preprocessing.normalise,
@@ -923,6 +938,7 @@ def fit(
             dropout=config.dropout,
             pool=config.pool,
             stride=config.stride,
+            padding=config.padding,
         )
         init_used, parent = initialise(network, config, store, weights_dir, classes, member)
         network.freeze_blocks(config.freeze_blocks)

@@ -93,7 +93,8 @@ def test_continued_training_keeps_the_parents_choices(cli_env: Path, demo_dirs, 
     train_dir, _ = demo_dirs
     quick = ["--epochs", "1", "--batch-size", "16", "--quiet", "--device", "cpu"]
     parent = ["--arch", "vgg11_bn", "--width", "0.125", "--scales", "64,96", "--pool", "max"]
-    parent += ["--stride", "16", "--normalise", "fixed", "--flips", "--good-classes", "good,spot"]
+    parent += ["--stride", "16", "--padding", "replicate", "--normalise", "fixed", "--flips"]
+    parent += ["--good-classes", "good,spot"]
     assert main(["train", str(train_dir), "--name", "line", *quick, *parent]) == 0
     # Nothing but --init: the default arch (vgg16_bn at full width) would not even load.
     assert main(["train", str(train_dir), "--name", "line", *quick, "--init", "line:1"]) == 0
@@ -107,7 +108,7 @@ def test_continued_training_keeps_the_parents_choices(cli_env: Path, demo_dirs, 
     assert [m.parent for m in metas] == [None, "line:1", "line:2"]
     for meta in metas:
         assert (meta.spec.arch, meta.spec.width, meta.spec.pool) == ("vgg11_bn", 0.125, "max")
-        assert meta.spec.stride == 16
+        assert (meta.spec.stride, meta.spec.padding) == (16, "replicate")
         assert meta.preprocessing.normalise == "fixed"
         assert meta.defect_classes == ("crack", "patch", "scratch")
     assert [m.preprocessing.flips for m in metas] == [True, True, False]

@@ -80,6 +80,26 @@ def test_stride_is_part_of_the_spec_and_rebuilds() -> None:
         ModelSpec("vgg11", 2, stride=8)
 
 
+@pytest.mark.parametrize("padding", ["reflect", "replicate"])
+def test_padding_continues_the_image_beyond_its_edge(padding: str) -> None:
+    zeros = build_model(arch="vgg11_bn", num_classes=3, width=0.125).eval()
+    model = build_model(arch="vgg11_bn", num_classes=3, width=0.125, padding=padding).eval()
+    model.load_state_dict(zeros.state_dict())  # the same weights: padding is not a weight
+    flat = torch.full((1, 3, 96, 128), 0.7)
+    with torch.inference_mode():
+        _, cam = model.forward_with_cam(flat)
+        _, cam_zeros = zeros.forward_with_cam(flat)
+    # A uniform surface stays uniform to the edge: no location is told apart by the frame.
+    assert torch.allclose(cam, cam[..., :1, :1].expand_as(cam), atol=1e-5)
+    assert not torch.allclose(cam_zeros, cam_zeros[..., :1, :1].expand_as(cam_zeros), atol=1e-3)
+    spec = model.spec
+    assert spec.padding == padding and ModelSpec.from_dict(spec.to_dict()) == spec
+    assert model_from_spec(spec).features[0].padding_mode == padding
+    assert ModelSpec.from_dict({"arch": "vgg11", "num_classes": 2}).padding == "zeros"
+    with pytest.raises(ConfigurationError, match="padding must be one of"):
+        ModelSpec("vgg11", 2, padding="circular")
+
+
 def test_freeze_blocks_stops_gradients_in_those_blocks_only() -> None:
     model = build_model(arch="vgg11_bn", num_classes=2, width=0.125)
     assert len(model.conv_blocks()) == 5

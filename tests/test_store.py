@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,31 @@ def test_load_restores_weights_metadata_and_calibration(tmp_path: Path) -> None:
     assert mv.metadata.calibration.temperature == 1.5
     assert mv.metadata.preprocessing.scales == (64, 96)
     assert mv.metadata.classes == ("ok", "crack")
+
+
+def test_a_padded_model_loads_and_exports_with_its_padding(tmp_path: Path) -> None:
+    import numpy as np
+    from onnx import load
+    from onnx.reference import ReferenceEvaluator
+
+    from inspector.export import export_model
+
+    store = ModelStore(tmp_path / "store")
+    meta = metadata()
+    spec = replace(meta.spec, padding="reflect")
+    original = model_from_spec(spec).eval()
+    store.register(original, replace(meta, spec=spec))
+    loaded, mv = store.load("steel:1")
+    assert mv.metadata.spec.padding == "reflect"
+    assert {m.padding_mode for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)} == {
+        "reflect"
+    }
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        expected = original(x).numpy()
+    path, _ = export_model(store, "steel:1", "onnx", tmp_path / "m.onnx")
+    (got,) = ReferenceEvaluator(load(str(path))).run(None, {"images": x.numpy()})
+    assert np.allclose(got, expected, atol=1e-3)
 
 
 def test_tampered_weights_fail_the_hash_check(tmp_path: Path) -> None:

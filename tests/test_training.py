@@ -351,6 +351,12 @@ def test_normalisation_and_stride_are_checked_up_front() -> None:
     assert tiny_config(stride=16).stride == 16
     with pytest.raises(ConfigurationError, match="stride must be one of"):
         tiny_config(stride=8)
+    assert tiny_config(padding="reflect").padding == "reflect"
+    with pytest.raises(ConfigurationError, match="padding must be one of"):
+        tiny_config(padding="circular")
+    with pytest.raises(ConfigurationError, match=r"at least 32 pixels.*got 24"):
+        tiny_config(padding="reflect", scales=(24, 48))
+    assert tiny_config(padding="replicate", scales=(24, 48)).scales == (24, 48)
 
 
 def test_continuing_takes_the_parents_choices_but_not_an_empty_good_set(
